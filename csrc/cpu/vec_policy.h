@@ -1,0 +1,28 @@
+// The scheme-math policy for ATen's Vectorized<T>, so the formulas of
+// quantext/scheme_math.h run SIMD-wide on the CPU. Masks are all-ones lanes.
+#pragma once
+
+#include <ATen/cpu/vec/functional.h>
+#include <ATen/cpu/vec/vec.h>
+
+#include "quantext/scheme_math.h"
+
+namespace quantext {
+namespace cpu {
+
+template <typename T>
+struct VecPolicy {
+  using V = at::vec::Vectorized<T>;
+  using Mask = V;
+  static V splat(T v) { return V(v); }
+  static V round(V v) { return v.round(); }  // round half to even
+  static V clamp(V v, V lo, V hi) { return at::vec::minimum(at::vec::maximum(v, lo), hi); }  // keeps NaN
+  static Mask lt(V a, V b) { return a < b; }
+  static Mask gt(V a, V b) { return a > b; }
+  static Mask in_range(V v, V lo, V hi) { return (v >= lo) & (v <= hi); }
+  static Mask either(Mask a, Mask b) { return a | b; }
+  static V select(Mask m, V a, V b) { return V::blendv(b, a, m); }
+};
+
+}  // namespace cpu
+}  // namespace quantext

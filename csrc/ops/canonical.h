@@ -1,0 +1,55 @@
+// Argument checking and memory-layout canonicalization shared by every op
+// family and every backend, so CPU, CUDA and the C++ API reject the same
+// inputs with the same messages.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <optional>
+
+#include "quantext/layout.h"
+#include "quantext/quantext.h"
+
+namespace quantext {
+
+// The input laid out so that the kernels can walk raw memory, and how to
+// write results back in the layout of at::empty_like(input).
+struct Canonical {
+  at::Tensor x;  // dense; per group: the group axis moved innermost, contiguous
+  RunLayout layout;
+  std::optional<int64_t> axis;  // wrapped axis, if any
+  bool grouped = false;
+
+  // Checks an incoming gradient against the input and brings it into the
+  // physical layout (and dtype) of `x`.
+  at::Tensor grad_in(const char* op, const at::Tensor& grad, const at::Tensor& input) const;
+  // Allocates an output in the canonical layout.
+  at::Tensor empty_out() const { return at::empty_like(x); }
+  // Returns a canonical-layout result in the layout of at::empty_like(input).
+  at::Tensor restore(const at::Tensor& canonical_out, const at::Tensor& input) const;
+  // Per-item partial sums -> one value per parameter, in the shape and dtype
+  // of `param` (device ops only, no host sync).
+  at::Tensor reduce_items(const at::Tensor& partials, const at::Tensor& param) const;
+};
+
+// Validates x (floating dtype) and the granularity arguments, and lays it out.
+// `params` is the per-channel/per-group parameter tensor whose shape is checked.
+Canonical canonicalize(const char* op, const at::Tensor& x, const at::Tensor& param, const char* param_name,
+                       std::optional<int64_t> axis, int64_t group_size);
+
+// Flattens a parameter tensor into the kernels' parameter order.
+at::Tensor canonical_params(const Canonical& c, const at::Tensor& param);
+
+// Value checks. They read the parameter tensors (a device sync on CUDA) unless
+// disabled with quantext::set_value_checks(false).
+void check_positive_finite(const char* op, const at::Tensor& t, const char* name);
+void check_int_range(const char* op, int64_t qmin, int64_t qmax);
+void check_zero_point(const char* op, const at::Tensor& zero_point, int64_t qmin, int64_t qmax);
+void check_param_dtype(const char* op, const at::Tensor& x, const at::Tensor& t, const char* name);
+void check_same_device(const char* op, const at::Tensor& x, const at::Tensor& t, const char* name);
+
+// Per-tensor chunk: large enough to amortize per-item work, small enough to
+// parallelize 1e4-element tensors.
+constexpr int64_t kTensorChunk = 8192;
+
+}  // namespace quantext

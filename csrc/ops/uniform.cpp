@@ -1,0 +1,57 @@
+// Schemas of the uniform fake-quant ops, their shared argument handling and
+// the C++ API entry points (which go through the dispatcher, so LibTorch users
+// get the same autograd and device dispatch as Python).
+#include "ops/uniform.h"
+
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <torch/library.h>
+
+#include "quantext/quantext.h"
+
+namespace quantext {
+
+UniformArgs prepare_uniform(const char* op, const at::Tensor& x, const at::Tensor& scale,
+                            const at::Tensor& zero_point, int64_t qmin, int64_t qmax, std::optional<int64_t> axis,
+                            int64_t group_size) {
+  check_int_range(op, qmin, qmax);
+  check_param_dtype(op, x, scale, "scale");
+  TORCH_CHECK_TYPE(zero_point.scalar_type() == at::kInt || zero_point.scalar_type() == at::kLong ||
+                       at::isFloatingType(zero_point.scalar_type()),
+                   op, ": zero_point must be an int32, int64 or floating tensor, got ", zero_point.scalar_type());
+  check_same_device(op, x, scale, "scale");
+  check_same_device(op, x, zero_point, "zero_point");
+  TORCH_CHECK_VALUE(zero_point.sizes() == scale.sizes(), op, ": zero_point shape ", zero_point.sizes(),
+                    " does not match scale shape ", scale.sizes());
+  UniformArgs a{canonicalize(op, x, scale, "scale", axis, group_size), {}, {}, qmin, qmax};
+  check_positive_finite(op, scale, "scale");
+  check_zero_point(op, zero_point, qmin, qmax);
+  a.scale = canonical_params(a.c, scale);
+  a.zero_point = canonical_params(a.c, zero_point.to(scale.scalar_type()));
+  return a;
+}
+
+std::pair<int64_t, int64_t> uniform_bounds(int64_t bits, bool is_signed, bool narrow_range) {
+  TORCH_CHECK_VALUE(bits >= 2 && bits <= 16, "quantext.uniform_bounds: bits must be in [2, 16], got ", bits);
+  const int64_t levels = int64_t{1} << bits;
+  if (is_signed) return {-levels / 2 + (narrow_range ? 1 : 0), levels / 2 - 1};
+  return {narrow_range ? 1 : 0, levels - 1};
+}
+
+at::Tensor fake_quant_uniform(const at::Tensor& x, const at::Tensor& scale, const at::Tensor& zero_point, int64_t qmin,
+                              int64_t qmax, std::optional<int64_t> axis, int64_t group_size, double grad_factor) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("quantext::fake_quant_uniform", "")
+                       .typed<decltype(fake_quant_uniform)>();
+  return op.call(x, scale, zero_point, qmin, qmax, axis, group_size, grad_factor);
+}
+
+TORCH_LIBRARY_FRAGMENT(quantext, m) {
+  m.def(
+      "fake_quant_uniform(Tensor x, Tensor scale, Tensor zero_point, int qmin, int qmax, int? axis=None, "
+      "int group_size=0, float grad_factor=1.0) -> Tensor");
+  m.def(
+      "fake_quant_uniform_backward(Tensor grad, Tensor x, Tensor scale, Tensor zero_point, int qmin, int qmax, "
+      "int? axis, int group_size, float grad_factor, bool param_grads) -> (Tensor, Tensor, Tensor)");
+}
+
+}  // namespace quantext

@@ -1,0 +1,143 @@
+// CUDA kernels of the uniform fake-quant ops. The forward is one elementwise
+// pass; the backward writes dx and, for learned scale/offset, one partial sum
+// per item (a block per item), reduced per parameter on the device.
+#include <ATen/Dispatch.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <tuple>
+#include <type_traits>
+
+#include "block_reduce.cuh"
+#include "ops/uniform.h"
+
+namespace quantext {
+namespace cuda {
+namespace {
+
+using math::Scalar;
+
+template <typename scalar_t>
+using acc_type = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+
+constexpr int kThreads = 256;
+
+int64_t grid_for(int64_t work) {
+  const int64_t sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
+  return std::max<int64_t>(1, std::min<int64_t>((work + kThreads - 1) / kThreads, sms * 32));
+}
+
+template <typename scalar_t, typename acc_t, typename scale_t>
+__global__ void forward_kernel(const scalar_t* __restrict__ x, scalar_t* __restrict__ y,
+                               const scale_t* __restrict__ scale, const scale_t* __restrict__ zero_point,
+                               RunLayout layout, acc_t qmin, acc_t qmax) {
+  const int64_t stride = int64_t(gridDim.x) * blockDim.x;
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < layout.numel; i += stride) {
+    const auto p = math::load_uniform<acc_t>(scale, zero_point, layout.param_of_element(i), qmin, qmax);
+    y[i] = static_cast<scalar_t>(math::uniform_forward<Scalar<acc_t>>(static_cast<acc_t>(x[i]), p));
+  }
+}
+
+template <bool kParamGrads, typename scalar_t, typename acc_t, typename scale_t>
+__global__ void backward_kernel(const scalar_t* __restrict__ dy, const scalar_t* __restrict__ x,
+                                scalar_t* __restrict__ dx, const scale_t* __restrict__ scale,
+                                const scale_t* __restrict__ zero_point, RunLayout layout, acc_t qmin, acc_t qmax,
+                                acc_t* __restrict__ partials) {
+  const int64_t items = layout.num_items();
+  for (int64_t item = blockIdx.x; item < items; item += gridDim.x) {
+    const auto p = math::load_uniform<acc_t>(scale, zero_point, layout.param_of_item(item), qmin, qmax);
+    const int64_t begin = layout.item_begin(item), len = layout.item_length(item);
+    acc_t ds = 0, dz = 0;
+    for (int64_t j = threadIdx.x; j < len; j += blockDim.x) {
+      const int64_t i = begin + j;
+      const auto g = math::uniform_backward<Scalar<acc_t>>(static_cast<acc_t>(dy[i]), static_cast<acc_t>(x[i]), p);
+      dx[i] = static_cast<scalar_t>(g.dx);
+      ds += g.dscale;
+      dz += g.dzero;
+    }
+    if constexpr (kParamGrads) {
+      ds = block_sum(ds);
+      dz = block_sum(dz);
+      if (threadIdx.x == 0) {
+        partials[item] = ds;
+        partials[items + item] = dz;
+      }
+    }
+  }
+}
+
+template <typename Fn>
+void dispatch_types(const at::Tensor& x, const at::Tensor& scale, const Fn& fn) {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "quantext_uniform_cuda", [&] {
+    using x_t = scalar_t;
+    AT_DISPATCH_FLOATING_TYPES(scale.scalar_type(), "quantext_uniform_cuda_scale", [&] { fn(x_t{}, scalar_t{}); });
+  });
+}
+
+at::Tensor fake_quant_uniform_cuda(const at::Tensor& x, const at::Tensor& scale, const at::Tensor& zero_point,
+                                   int64_t qmin, int64_t qmax, std::optional<int64_t> axis, int64_t group_size,
+                                   double /*grad_factor*/) {
+  c10::cuda::CUDAGuard guard(x.device());
+  const auto a = prepare_uniform("quantext.fake_quant_uniform", x, scale, zero_point, qmin, qmax, axis, group_size);
+  at::Tensor y = a.c.empty_out();
+  if (x.numel() == 0) return a.c.restore(y, x);
+  dispatch_types(x, a.scale, [&](auto x_tag, auto s_tag) {
+    using scalar_t = decltype(x_tag);
+    using scale_t = decltype(s_tag);
+    using acc_t = acc_type<scalar_t>;
+    forward_kernel<scalar_t, acc_t, scale_t>
+        <<<grid_for(x.numel()), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+            a.c.x.const_data_ptr<scalar_t>(), y.mutable_data_ptr<scalar_t>(), a.scale.const_data_ptr<scale_t>(),
+            a.zero_point.const_data_ptr<scale_t>(), a.c.layout, acc_t(a.qmin), acc_t(a.qmax));
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return a.c.restore(y, x);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> fake_quant_uniform_backward_cuda(
+    const at::Tensor& grad, const at::Tensor& x, const at::Tensor& scale, const at::Tensor& zero_point, int64_t qmin,
+    int64_t qmax, std::optional<int64_t> axis, int64_t group_size, double grad_factor, bool param_grads) {
+  c10::cuda::CUDAGuard guard(x.device());
+  const auto a =
+      prepare_uniform("quantext.fake_quant_uniform_backward", x, scale, zero_point, qmin, qmax, axis, group_size);
+  const at::Tensor dy = a.c.grad_in("quantext.fake_quant_uniform_backward", grad, x);
+  at::Tensor dx = a.c.empty_out();
+  const int64_t items = a.c.layout.num_items();
+  const auto acc_dtype = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  at::Tensor partials = at::zeros({param_grads ? 2 : 0, items}, x.options().dtype(acc_dtype));
+  if (items > 0) {
+    dispatch_types(x, a.scale, [&](auto x_tag, auto s_tag) {
+      using scalar_t = decltype(x_tag);
+      using scale_t = decltype(s_tag);
+      using acc_t = acc_type<scalar_t>;
+      const int64_t grid = std::min<int64_t>(items, int64_t(1) << 20);
+      auto launch = [&](auto kernel) {
+        kernel<<<grid, kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+            dy.const_data_ptr<scalar_t>(), a.c.x.const_data_ptr<scalar_t>(), dx.mutable_data_ptr<scalar_t>(),
+            a.scale.const_data_ptr<scale_t>(), a.zero_point.const_data_ptr<scale_t>(), a.c.layout, acc_t(a.qmin),
+            acc_t(a.qmax), param_grads ? partials.mutable_data_ptr<acc_t>() : nullptr);
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      };
+      if (param_grads) {
+        launch(backward_kernel<true, scalar_t, acc_t, scale_t>);
+      } else {
+        launch(backward_kernel<false, scalar_t, acc_t, scale_t>);
+      }
+    });
+  }
+  at::Tensor dscale = param_grads ? a.c.reduce_items(partials[0] * grad_factor, scale) : at::zeros_like(scale);
+  at::Tensor dzero = param_grads ? a.c.reduce_items(partials[1] * grad_factor, scale) : at::zeros_like(scale);
+  return {a.c.restore(dx, x), dscale, dzero};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(quantext, CUDA, m) {
+  m.impl("fake_quant_uniform", &fake_quant_uniform_cuda);
+  m.impl("fake_quant_uniform_backward", &fake_quant_uniform_backward_cuda);
+}
+
+}  // namespace cuda
+}  // namespace quantext

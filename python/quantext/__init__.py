@@ -1,0 +1,13 @@
+"""quantext: quantization-aware training for PyTorch.
+
+Fake quantization with straight-through gradients for uniform, powers-of-two
+and additive powers-of-two schemes (C++/CUDA ops under ``torch.ops.quantext``),
+calibration, BN-folded QAT modules and ONNX export.
+"""
+
+from ._ops import ops
+from .functional import fake_quant_uniform, set_value_checks, uniform_bounds
+
+__version__ = "0.1.0"
+
+__all__ = ["ops", "fake_quant_uniform", "uniform_bounds", "set_value_checks", "__version__"]

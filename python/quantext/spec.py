@@ -1,0 +1,139 @@
+"""Quantizer descriptions: :class:`QuantSpec` (one tensor) and :class:`QConfig`
+(weights + activations of a layer). Both validate themselves on creation."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+SCHEMES = ("uniform", "pot", "apot")
+GRANULARITIES = ("tensor", "channel", "group")
+CALIBRATION_METHODS = ("max", "percentile", "mse", "entropy", "aciq")
+ROUNDINGS = ("nearest", "log")
+
+
+def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class QuantSpec:
+    """How one tensor is quantized.
+
+    Attributes:
+        scheme: ``"uniform"`` (affine grid), ``"pot"`` (powers of two) or
+            ``"apot"`` (additive powers of two).
+        bits: total bits per value including the sign bit (uniform 2..16,
+            PoT/APoT 2..8; 1 for unsigned PoT/APoT).
+        signed: values below zero are representable. Weights are signed,
+            activations after ReLU unsigned.
+        symmetric: uniform only: zero point fixed at 0 (always true for PoT/APoT).
+        narrow_range: uniform signed only: drop ``-2^(b-1)`` so the grid is
+            symmetric (what TensorRT uses for weights).
+        granularity: ``"tensor"``, ``"channel"`` (one scale per index of
+            ``axis``) or ``"group"`` (``group_size`` consecutive elements along
+            ``axis`` share one scale).
+        learnable: the scale (LSQ) / zero point (LSQ+, asymmetric) / clipping
+            value ``alpha`` (PoT/APoT) is an ``nn.Parameter``.
+        calibration: range method used by :func:`quantext.calibrate`.
+        percentile: for ``calibration="percentile"``.
+        k: APoT base bits per additive term.
+        rounding: PoT only: ``"nearest"`` level in the linear domain or
+            ``"log"`` (round ``log2|x|``, the seed's behaviour).
+        weight_norm: APoT paper's ``(w - mean) / std`` before quantizing.
+    """
+
+    scheme: str = "uniform"
+    bits: int = 8
+    signed: bool = True
+    symmetric: bool = True
+    narrow_range: bool = False
+    granularity: str = "tensor"
+    axis: int = 0
+    group_size: int | None = None
+    learnable: bool = False
+    calibration: str = "max"
+    percentile: float = 99.99
+    k: int = 2
+    rounding: str = "nearest"
+    weight_norm: bool = False
+
+    def __post_init__(self) -> None:
+        _choice("scheme", self.scheme, SCHEMES)
+        _choice("granularity", self.granularity, GRANULARITIES)
+        _choice("calibration", self.calibration, CALIBRATION_METHODS)
+        _choice("rounding", self.rounding, ROUNDINGS)
+        if isinstance(self.bits, bool) or not isinstance(self.bits, int):
+            raise TypeError(f"bits must be an int, got {self.bits!r}")
+        lo, hi = (2, 16) if self.scheme == "uniform" else (1 if not self.signed else 2, 8)
+        if not lo <= self.bits <= hi:
+            raise ValueError(f"bits={self.bits} is out of range [{lo}, {hi}] for scheme={self.scheme!r}"
+                             f"{' (signed)' if self.signed else ''}")
+        if self.scheme != "uniform" and not self.symmetric:
+            raise ValueError(f"symmetric=False is only defined for scheme='uniform', got scheme={self.scheme!r}")
+        if self.narrow_range and not (self.scheme == "uniform" and self.signed):
+            raise ValueError("narrow_range=True needs scheme='uniform' and signed=True")
+        if self.granularity == "group":
+            if self.group_size is None or self.group_size < 1:
+                raise ValueError(f"granularity='group' needs group_size >= 1, got {self.group_size!r}")
+        elif self.group_size is not None:
+            raise ValueError(f"group_size={self.group_size} is only used with granularity='group', "
+                             f"got granularity={self.granularity!r}")
+        if self.granularity == "group" and self.scheme != "uniform":
+            raise ValueError(f"granularity='group' is only supported for scheme='uniform', got {self.scheme!r}")
+        if not 0.0 < self.percentile <= 100.0:
+            raise ValueError(f"percentile must be in (0, 100], got {self.percentile}")
+        if self.k < 1:
+            raise ValueError(f"k must be >= 1, got {self.k}")
+        if self.rounding == "log" and self.scheme != "pot":
+            raise ValueError(f"rounding='log' is only defined for scheme='pot', got {self.scheme!r}")
+        if self.weight_norm and self.scheme == "uniform":
+            raise ValueError("weight_norm=True is the APoT paper's option: use scheme='pot' or 'apot'")
+
+    def replace(self, **changes) -> "QuantSpec":
+        """A copy with some fields changed (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def per_channel_axis(self) -> int | None:
+        """The axis of per-channel/per-group parameters, or ``None`` per tensor."""
+        return None if self.granularity == "tensor" else self.axis
+
+
+def default_weight_spec(bits: int = 8, scheme: str = "uniform") -> QuantSpec:
+    """Per-output-channel signed symmetric weights (narrow range for uniform)."""
+    return QuantSpec(scheme=scheme, bits=bits, signed=True, symmetric=True, narrow_range=scheme == "uniform",
+                     granularity="channel", axis=0)
+
+
+def default_activation_spec(bits: int = 8, scheme: str = "uniform", signed: bool = True,
+                            calibration: str = "entropy") -> QuantSpec:
+    """Per-tensor activations, symmetric (TensorRT's form) unless ``signed=False``."""
+    return QuantSpec(scheme=scheme, bits=bits, signed=signed, symmetric=True, granularity="tensor",
+                     calibration=calibration)
+
+
+@dataclass(frozen=True)
+class QConfig:
+    """Quantizer specs for a layer's weight and its input activation.
+
+    ``None`` leaves that tensor in float.
+    """
+
+    weight: QuantSpec | None = field(default_factory=default_weight_spec)
+    activation: QuantSpec | None = field(default_factory=default_activation_spec)
+
+    def __post_init__(self) -> None:
+        for name in ("weight", "activation"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, QuantSpec):
+                raise TypeError(f"QConfig.{name} must be a QuantSpec or None, got {type(value).__name__}")
+        if self.activation is not None and self.activation.granularity != "tensor":
+            raise ValueError("QConfig.activation must be per tensor (granularity='tensor'): per-channel "
+                             "activations cannot be exported to TensorRT or ONNX Runtime integer kernels")
+
+    @classmethod
+    def uniform(cls, bits: int = 8, act_bits: int | None = None) -> "QConfig":
+        """W``bits`` A``act_bits`` uniform: per-channel symmetric weights, per-tensor activations."""
+        return cls(default_weight_spec(bits), default_activation_spec(act_bits or bits))
