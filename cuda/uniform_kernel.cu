@@ -87,10 +87,9 @@ at::Tensor fake_quant_uniform_cuda(const at::Tensor& x, const at::Tensor& scale,
     using scalar_t = decltype(x_tag);
     using scale_t = decltype(s_tag);
     using acc_t = acc_type<scalar_t>;
-    forward_kernel<scalar_t, acc_t, scale_t>
-        <<<grid_for(x.numel()), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
-            a.c.x.const_data_ptr<scalar_t>(), y.mutable_data_ptr<scalar_t>(), a.scale.const_data_ptr<scale_t>(),
-            a.zero_point.const_data_ptr<scale_t>(), a.c.layout, acc_t(a.qmin), acc_t(a.qmax));
+    forward_kernel<scalar_t, acc_t, scale_t><<<grid_for(x.numel()), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+        a.c.x.const_data_ptr<scalar_t>(), y.mutable_data_ptr<scalar_t>(), a.scale.const_data_ptr<scale_t>(),
+        a.zero_point.const_data_ptr<scale_t>(), a.c.layout, acc_t(a.qmin), acc_t(a.qmax));
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return a.c.restore(y, x);

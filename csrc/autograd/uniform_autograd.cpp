@@ -13,9 +13,8 @@ using torch::autograd::variable_list;
 
 at::Tensor forward_op(const at::Tensor& x, const at::Tensor& scale, const at::Tensor& zero_point, int64_t qmin,
                       int64_t qmax, std::optional<int64_t> axis, int64_t group_size, double grad_factor) {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("quantext::fake_quant_uniform", "")
-                       .typed<decltype(forward_op)>();
+  static auto op =
+      c10::Dispatcher::singleton().findSchemaOrThrow("quantext::fake_quant_uniform", "").typed<decltype(forward_op)>();
   return op.call(x, scale, zero_point, qmin, qmax, axis, group_size, grad_factor);
 }
 
@@ -52,11 +51,9 @@ class FakeQuantUniform : public torch::autograd::Function<FakeQuantUniform> {
     const bool want_scale = ctx->needs_input_grad(1);
     const bool want_zero = ctx->needs_input_grad(2) && at::isFloatingType(zero_point.scalar_type());
     const auto& axis_value = ctx->saved_data["axis"];
-    const std::optional<int64_t> axis =
-        axis_value.isNone() ? std::nullopt : std::optional<int64_t>(axis_value.toInt());
+    const std::optional<int64_t> axis = axis_value.isNone() ? std::nullopt : std::optional<int64_t>(axis_value.toInt());
     auto [dx, dscale, dzero] = backward_op(grads[0], x, scale, zero_point, ctx->saved_data["qmin"].toInt(),
-                                           ctx->saved_data["qmax"].toInt(), axis,
-                                           ctx->saved_data["group_size"].toInt(),
+                                           ctx->saved_data["qmax"].toInt(), axis, ctx->saved_data["group_size"].toInt(),
                                            ctx->saved_data["grad_factor"].toDouble(), want_scale || want_zero);
     return {ctx->needs_input_grad(0) ? dx : at::Tensor(),
             want_scale ? dscale : at::Tensor(),

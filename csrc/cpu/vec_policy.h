@@ -15,7 +15,7 @@ struct VecPolicy {
   using V = at::vec::Vectorized<T>;
   using Mask = V;
   static V splat(T v) { return V(v); }
-  static V round(V v) { return v.round(); }  // round half to even
+  static V round(V v) { return v.round(); }                                                  // round half to even
   static V clamp(V v, V lo, V hi) { return at::vec::minimum(at::vec::maximum(v, lo), hi); }  // keeps NaN
   static Mask lt(V a, V b) { return a < b; }
   static Mask gt(V a, V b) { return a > b; }

@@ -46,8 +46,8 @@ Canonical canonicalize(const char* op, const at::Tensor& x, const at::Tensor& pa
     // In a dense layout the elements inside one channel index are the
     // `stride(axis)` elements physically nested within it.
     const int64_t inner = channels <= 1 ? std::max<int64_t>(numel, 1) : c.x.stride(ax);
-    c.layout = {channels <= 1 ? Granularity::Tensor : Granularity::Channel, numel,
-                channels <= 1 ? kTensorChunk : inner, channels};
+    c.layout = {channels <= 1 ? Granularity::Tensor : Granularity::Channel, numel, channels <= 1 ? kTensorChunk : inner,
+                channels};
     return c;
   }
   TORCH_CHECK_VALUE(channels % group_size == 0, op, ": group_size=", group_size, " does not divide size ", channels,

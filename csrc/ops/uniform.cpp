@@ -10,9 +10,8 @@
 
 namespace quantext {
 
-UniformArgs prepare_uniform(const char* op, const at::Tensor& x, const at::Tensor& scale,
-                            const at::Tensor& zero_point, int64_t qmin, int64_t qmax, std::optional<int64_t> axis,
-                            int64_t group_size) {
+UniformArgs prepare_uniform(const char* op, const at::Tensor& x, const at::Tensor& scale, const at::Tensor& zero_point,
+                            int64_t qmin, int64_t qmax, std::optional<int64_t> axis, int64_t group_size) {
   check_int_range(op, qmin, qmax);
   check_param_dtype(op, x, scale, "scale");
   TORCH_CHECK_TYPE(zero_point.scalar_type() == at::kInt || zero_point.scalar_type() == at::kLong ||

@@ -17,8 +17,7 @@ struct UniformArgs {
   int64_t qmin, qmax;
 };
 
-UniformArgs prepare_uniform(const char* op, const at::Tensor& x, const at::Tensor& scale,
-                            const at::Tensor& zero_point, int64_t qmin, int64_t qmax, std::optional<int64_t> axis,
-                            int64_t group_size);
+UniformArgs prepare_uniform(const char* op, const at::Tensor& x, const at::Tensor& scale, const at::Tensor& zero_point,
+                            int64_t qmin, int64_t qmax, std::optional<int64_t> axis, int64_t group_size);
 
 }  // namespace quantext
