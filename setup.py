@@ -36,6 +36,20 @@ def cpu_flags() -> list[str]:
     return []
 
 
+def cuda_library_headers() -> list[str]:
+    """torch's CUDA headers include cuSPARSE/cuBLAS headers. A bare CUDA
+    toolkit (nvcc + runtime) may lack them, while the CUDA build of torch
+    brings them as pip packages: search those after the toolkit's own."""
+    if CUDA_HOME and os.path.exists(os.path.join(CUDA_HOME, "include", "cusparse.h")):
+        return []
+    import importlib.util
+
+    spec = importlib.util.find_spec("nvidia")
+    roots = list(spec.submodule_search_locations) if spec and spec.submodule_search_locations else []
+    found = sorted({os.path.dirname(p) for r in roots for p in glob.glob(os.path.join(r, "*", "include", "cusparse.h"))})
+    return found
+
+
 def extension():
     sources = sorted(glob.glob("csrc/**/*.cpp", recursive=True))
     include_dirs = [os.path.join(ROOT, "csrc")]
@@ -44,6 +58,9 @@ def extension():
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
         # No fast-math: the kernels must round exactly as the CPU does.
         nvcc = ["-O3", "-std=c++20"] + (["-Xptxas=-v"] if os.environ.get("QUANTEXT_PTXAS_V") else [])
+        for d in cuda_library_headers():
+            cxx += ["-idirafter", d]
+            nvcc += [f"-Xcompiler=-idirafter,{d}"]
         return CUDAExtension(
             "quantext._C",
             sources + sorted(glob.glob("cuda/**/*.cu", recursive=True)),
