@@ -1,0 +1,77 @@
+"""Uniform fake quantization vs ATen's fake-quant ops on the same tensors.
+
+Prints, per size: quantext time, ATen time, the ratio ATen/quantext (> 1 means
+quantext is faster) and quantext's achieved bandwidth (the bytes that must
+move: x in + y out forward; plus dy in + dx out backward).
+
+    python benchmarks/uniform.py [--quick] [--full]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import machine, markdown_table, median_seconds, sizes  # noqa: E402
+
+import quantext as qx  # noqa: E402
+
+CHANNELS = 64
+
+
+def cases(n: int, device: str):
+    """(name, quantext fn, ATen fn, bytes that must move) for n elements."""
+    x = torch.randn(CHANNELS, n // CHANNELS, device=device) * 3
+    g = torch.randn_like(x)
+    s1, z1 = torch.tensor([0.02], device=device), torch.tensor([3], dtype=torch.int32, device=device)
+    sc = torch.rand(CHANNELS, device=device) * 0.05 + 0.01
+    zc = torch.zeros(CHANNELS, dtype=torch.int32, device=device)
+    xg = x.clone().requires_grad_()
+    sl = torch.tensor([0.02], device=device, requires_grad=True)
+    zl = torch.tensor([3.0], device=device, requires_grad=True)
+    nbytes = x.numel() * x.element_size()
+
+    def fwd_bwd(f):
+        def run():
+            y = f()
+            y.backward(g)
+        return run
+
+    with torch.no_grad():
+        yield ("per-tensor fwd", lambda: qx.fake_quant_uniform(x, s1, z1, -128, 127),
+               lambda: torch.fake_quantize_per_tensor_affine(x, 0.02, 3, -128, 127), 2 * nbytes)
+        yield ("per-channel fwd", lambda: qx.fake_quant_uniform(x, sc, zc, -128, 127, axis=0),
+               lambda: torch.fake_quantize_per_channel_affine(x, sc, zc, 0, -128, 127), 2 * nbytes)
+    yield ("per-tensor fwd+bwd", fwd_bwd(lambda: qx.fake_quant_uniform(xg, s1, z1, -128, 127)),
+           fwd_bwd(lambda: torch.fake_quantize_per_tensor_affine(xg, 0.02, 3, -128, 127)), 4 * nbytes)
+    yield ("per-channel fwd+bwd", fwd_bwd(lambda: qx.fake_quant_uniform(xg, sc, zc, -128, 127, axis=0)),
+           fwd_bwd(lambda: torch.fake_quantize_per_channel_affine(xg, sc, zc, 0, -128, 127)), 4 * nbytes)
+    yield ("LSQ+ per-tensor fwd+bwd",
+           fwd_bwd(lambda: qx.fake_quant_uniform(xg, sl, zl, 0, 255, grad_factor=0.01)),
+           fwd_bwd(lambda: torch._fake_quantize_learnable_per_tensor_affine(xg, sl, zl, 0, 255, 0.01)), 4 * nbytes)
+
+
+def run(quick: bool = False, full: bool = False, device: str = "cpu") -> str:
+    rows = []
+    for n in sizes(quick, full):
+        n -= n % CHANNELS
+        for name, ours, aten, nbytes in cases(n, device):
+            repeats = 30 if n <= 10**6 else 7
+            t_ours = median_seconds(ours, repeats=repeats)
+            t_aten = median_seconds(aten, repeats=repeats)
+            rows.append([name, f"{n:.0e}", t_ours * 1e6, t_aten * 1e6, t_aten / t_ours, nbytes / t_ours / 1e9])
+    table = markdown_table(["op", "elements", "quantext µs", "ATen µs", "ATen/quantext", "quantext GB/s"], rows)
+    return f"Uniform fake quant ({device}; {machine()})\n\n{table}\n"
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="sizes up to 1e6")
+    parser.add_argument("--full", action="store_true", help="sizes up to 1e8")
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+    print(run(args.quick, args.full, args.device))
