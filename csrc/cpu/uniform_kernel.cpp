@@ -1,6 +1,6 @@
 // CPU kernels of the uniform fake-quant ops: vectorized with ATen's
-// Vectorized<T> (float32/float64), float math for float16/bfloat16, and
-// multi-threaded over the items of the RunLayout.
+// Vectorized<T> (float16/bfloat16 computed in float) and multi-threaded over
+// the items of the RunLayout.
 #include <ATen/Dispatch.h>
 #include <torch/library.h>
 
@@ -27,17 +27,29 @@ UniformParams<at::vec::Vectorized<acc_t>> splat(const UniformParams<acc_t>& p) {
   return {V(p.scale), V(p.inv_scale), V(p.zero_point), V(p.qmin), V(p.qmax)};
 }
 
+// float16/bfloat16 runs are converted to float in blocks that stay in L1 and
+// go through the float kernels.
+constexpr int64_t kConvertBlock = 512;
+
 template <typename scalar_t, typename acc_t>
 void forward_run(const scalar_t* x, scalar_t* y, int64_t n, const UniformParams<acc_t>& p) {
-  int64_t i = 0;
-  if constexpr (std::is_same_v<scalar_t, acc_t>) {
+  if constexpr (!std::is_same_v<scalar_t, acc_t>) {
+    acc_t xb[kConvertBlock], yb[kConvertBlock];
+    for (int64_t i = 0; i < n; i += kConvertBlock) {
+      const int64_t m = std::min(kConvertBlock, n - i);
+      at::vec::convert(x + i, xb, m);
+      forward_run(xb, yb, m, p);
+      at::vec::convert(yb, y + i, m);
+    }
+  } else {
     using V = at::vec::Vectorized<acc_t>;
     const auto pv = splat(p);
+    int64_t i = 0;
     for (; i + V::size() <= n; i += V::size()) {
       math::uniform_forward<VecPolicy<acc_t>>(V::loadu(x + i), pv).store(y + i);
     }
+    for (; i < n; ++i) y[i] = math::uniform_forward<Scalar<acc_t>>(x[i], p);
   }
-  for (; i < n; ++i) y[i] = static_cast<scalar_t>(math::uniform_forward<Scalar<acc_t>>(acc_t(x[i]), p));
 }
 
 // Writes dx for one run and returns the run's (dscale, dzero) sums. Lane sums
@@ -47,10 +59,22 @@ std::pair<double, double> backward_run(const scalar_t* dy, const scalar_t* x, sc
                                        const UniformParams<acc_t>& p) {
   constexpr int64_t kFlush = 4096;
   double ds = 0, dz = 0;
-  int64_t i = 0;
-  if constexpr (std::is_same_v<scalar_t, acc_t>) {
+  if constexpr (!std::is_same_v<scalar_t, acc_t>) {
+    acc_t dyb[kConvertBlock], xb[kConvertBlock], dxb[kConvertBlock];
+    for (int64_t i = 0; i < n; i += kConvertBlock) {
+      const int64_t m = std::min(kConvertBlock, n - i);
+      at::vec::convert(dy + i, dyb, m);
+      at::vec::convert(x + i, xb, m);
+      const auto [bs, bz] = backward_run<kParamGrads>(dyb, xb, dxb, m, p);
+      at::vec::convert(dxb, dx + i, m);
+      ds += bs;
+      dz += bz;
+    }
+    return {ds, dz};
+  } else {
     using V = at::vec::Vectorized<acc_t>;
     const auto pv = splat(p);
+    int64_t i = 0;
     while (i + V::size() <= n) {
       V ds_lanes(0), dz_lanes(0);
       const int64_t stop = std::min(n, i + kFlush);
@@ -67,16 +91,16 @@ std::pair<double, double> backward_run(const scalar_t* dy, const scalar_t* x, sc
         dz += at::vec::vec_reduce_all<acc_t>(std::plus<V>(), dz_lanes);
       }
     }
-  }
-  for (; i < n; ++i) {
-    const auto g = math::uniform_backward<Scalar<acc_t>>(acc_t(dy[i]), acc_t(x[i]), p);
-    dx[i] = static_cast<scalar_t>(g.dx);
-    if constexpr (kParamGrads) {
-      ds += g.dscale;
-      dz += g.dzero;
+    for (; i < n; ++i) {
+      const auto g = math::uniform_backward<Scalar<acc_t>>(dy[i], x[i], p);
+      dx[i] = g.dx;
+      if constexpr (kParamGrads) {
+        ds += g.dscale;
+        dz += g.dzero;
+      }
     }
+    return {ds, dz};
   }
-  return {ds, dz};
 }
 
 template <typename Fn>
