@@ -181,6 +181,7 @@ def _prepare_graph(gm: fx.GraphModule, qconfig: QConfig, skipped, first_last_bit
     layer_nodes = [n for n in gm.graph.nodes if n.op == "call_module" and _quantizable(modules[n.target])
                    and calls[n.target] == 1 and not skipped(n.target, modules[n.target])]
     config_for = _qconfig_for([n.target for n in layer_nodes], qconfig, first_last_bits)
+    absorbed_modules: set[str] = set()
     for node in layer_nodes:
         layer_config = config_for(node.target)
         if layer_config is None:
@@ -203,9 +204,16 @@ def _prepare_graph(gm: fx.GraphModule, qconfig: QConfig, skipped, first_last_bit
             if absorbed is not None:
                 absorbed.replace_all_uses_with(node)
                 gm.graph.erase_node(absorbed)
+                if absorbed.op == "call_module":
+                    absorbed_modules.add(absorbed.target)
     if qconfig.activation is not None:
         _quantize_adds(gm, qconfig.activation, shapes_known=example_inputs is not None)
     gm.graph.lint()
+    # The fused module shares the BatchNorm, so named_modules() never reports
+    # the old path as unused: delete absorbed modules that no node calls anymore.
+    still_called = {n.target for n in gm.graph.nodes if n.op == "call_module"}
+    for target in absorbed_modules - still_called:
+        gm.delete_submodule(target)
     gm.delete_all_unused_submodules()
     gm.recompile()
     return gm

@@ -109,7 +109,7 @@ class QuantConvBn2d(MirroredStateMixin, nn.Conv2d):
 
     # ------------------------------------------------------------- BN state
     @property
-    def bn_frozen(self) -> bool:
+    def is_bn_frozen(self) -> bool:
         """Whether the forward pass uses the running statistics only."""
         return bool(self._get_mirrored("bn_frozen"))
 
@@ -148,7 +148,7 @@ class QuantConvBn2d(MirroredStateMixin, nn.Conv2d):
     # ------------------------------------------------------------- forward
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = quantize_or_identity(self.input_quantizer, x)
-        if not self.training or self.bn_frozen:
+        if not self.training or self.is_bn_frozen:
             return self._forward_frozen(x)
         return self._forward_approx(x) if self.bn_stats == "approx" else self._forward_exact(x)
 
@@ -201,7 +201,7 @@ class QuantConvBn2d(MirroredStateMixin, nn.Conv2d):
         return conv.train(self.training)
 
     def extra_repr(self) -> str:
-        return super().extra_repr() + f", bn_stats={self.bn_stats}, bn_frozen={self.bn_frozen}"
+        return super().extra_repr() + f", bn_stats={self.bn_stats}, bn_frozen={self.is_bn_frozen}"
 
 
 class QuantConvBnReLU2d(QuantConvBn2d):
