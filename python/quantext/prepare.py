@@ -51,13 +51,16 @@ def prepare_qat(model: nn.Module, qconfig: QConfig, example_inputs: tuple | torc
         skip: qualified module names (a name covers its submodules) or module
             types left in float.
         first_last_bits: the first and last quantized layers (in execution
-            order) use ``first_last_bits``-bit uniform specs (an int), stay in
-            float (``"float"``), or use ``qconfig`` like the rest (``None``).
+            order) use ``first_last_bits``-bit uniform specs (an int; the first
+            layer's input quantizer signed), stay in float (``"float"``), or use
+            ``qconfig`` like the rest (``None``).
         inplace: modify ``model``'s modules instead of a deep copy.
         freeze_bn_after, bn_stats: passed to the BN-folded modules.
 
-    The quantizers start uncalibrated: run :func:`quantext.calibrate` (or
-    :func:`quantext.disable_quant`) before the first forward.
+    Returns a ``torch.fx.GraphModule`` (the input model's own class and methods
+    other than ``forward`` are not kept) or, after the fallback, the model
+    itself. The quantizers start uncalibrated: run :func:`quantext.calibrate`
+    (or :func:`quantext.disable_quant`) before the first forward.
     """
     if not isinstance(qconfig, QConfig):
         raise TypeError(f"qconfig must be a quantext.QConfig, got {type(qconfig).__name__}")
@@ -106,27 +109,33 @@ def _skip_predicate(skip: tuple) -> Callable[[str, nn.Module], bool]:
     return skipped
 
 
-def _layer_qconfig(qconfig: QConfig, bits: int) -> QConfig:
-    """``qconfig`` with both specs at ``bits``-bit uniform (the first/last-layer rule)."""
+def _layer_qconfig(qconfig: QConfig, bits: int, first: bool) -> QConfig:
+    """``qconfig`` at ``bits``-bit uniform (the first/last-layer rule). The first
+    layer's input is the network input, not a ReLU output, so a symmetric
+    activation spec is made signed there."""
 
-    def convert(spec: QuantSpec | None) -> QuantSpec | None:
-        if spec is None or (spec.scheme == "uniform" and spec.bits == bits):
-            return spec
-        if spec.scheme == "uniform":
-            return spec.replace(bits=bits)
-        return QuantSpec(bits=bits, signed=spec.signed, granularity=spec.granularity, axis=spec.axis,
-                         learnable=spec.learnable, calibration=spec.calibration)
+    def uniform(spec: QuantSpec | None, weight: bool) -> QuantSpec | None:
+        if spec is None or spec.scheme == "uniform":
+            return spec if spec is None else spec.replace(bits=bits)
+        return QuantSpec(bits=bits, signed=spec.signed, narrow_range=weight and spec.signed,
+                         granularity=spec.granularity, axis=spec.axis, learnable=spec.learnable,
+                         calibration=spec.calibration)
 
-    return QConfig(weight=convert(qconfig.weight), activation=convert(qconfig.activation))
+    activation = uniform(qconfig.activation, weight=False)
+    if first and activation is not None and activation.symmetric and not activation.signed:
+        activation = activation.replace(signed=True)
+    return QConfig(weight=uniform(qconfig.weight, weight=True), activation=activation)
 
 
 def _qconfig_for(layers: list[str], qconfig: QConfig, first_last_bits) -> Callable[[str], QConfig | None]:
     """Per-layer qconfig (``None``: stays float) given the layers in execution order."""
     if not layers or first_last_bits is None:
         return lambda name: qconfig
-    ends = {layers[0], layers[-1]}
-    end_config = None if first_last_bits == "float" else _layer_qconfig(qconfig, first_last_bits)
-    return lambda name: end_config if name in ends else qconfig
+    if first_last_bits == "float":
+        return lambda name: None if name in (layers[0], layers[-1]) else qconfig
+    configs = {layers[-1]: _layer_qconfig(qconfig, first_last_bits, first=False),
+               layers[0]: _layer_qconfig(qconfig, first_last_bits, first=True)}
+    return lambda name: configs.get(name, qconfig)
 
 
 def _quant_layer(module: nn.Module, qconfig: QConfig) -> nn.Module:

@@ -87,6 +87,13 @@ def test_first_and_last_layers_at_8_bits(resnet):
     assert p.get_submodule("layer1.0.add_input0_quantizer").spec.bits == 4
 
 
+def test_first_layer_input_is_signed_at_8_bits():
+    unsigned = QConfig(weight=qconfig(4).weight, activation=QuantSpec(bits=4, signed=False, calibration="max"))
+    p = qx.prepare_qat(torchvision.models.resnet18(num_classes=10), unsigned)
+    first, last = p.conv1.input_quantizer.spec, p.fc.input_quantizer.spec
+    assert (first.bits, first.signed) == (8, True) and (last.bits, last.signed) == (8, False)
+
+
 @pytest.mark.parametrize("first_last_bits", ["float", None])
 def test_first_and_last_layers_float_or_unchanged(first_last_bits):
     model = torchvision.models.resnet18(num_classes=10)
@@ -180,3 +187,15 @@ def test_prepare_rejects_bad_arguments():
         qx.prepare_qat(plain_cnn(), QuantSpec())
     with pytest.raises(ValueError, match="first_last_bits"):
         qx.prepare_qat(plain_cnn(), qconfig(), first_last_bits="int8")
+
+
+def test_first_and_last_layers_turn_pot_into_uniform():
+    pot = QConfig(weight=QuantSpec(scheme="pot", bits=4, granularity="channel", calibration="max"),
+                  activation=QuantSpec(scheme="apot", bits=4, signed=False, calibration="max"))
+    p = qx.prepare_qat(plain_cnn(), pot)
+    first, middle, last = (p.get_submodule(n) for n in ("0", "3", "10"))
+    assert (first.weight_quantizer.spec.scheme, first.weight_quantizer.spec.narrow_range) == ("uniform", True)
+    assert first.input_quantizer.spec == QuantSpec(bits=8, signed=True, calibration="max")
+    assert last.input_quantizer.spec == QuantSpec(bits=8, signed=False, calibration="max")
+    assert middle.weight_quantizer.spec == pot.weight and middle.input_quantizer.spec == pot.activation
+    assert middle.weight_quantizer.alpha.shape == (8,) and middle.weight_quantizer.scale is None

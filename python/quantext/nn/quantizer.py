@@ -231,7 +231,7 @@ class Quantizer(MirroredStateMixin, nn.Module):
         (which then also becomes ``spec.calibration``)."""
         if calibration is not None and calibration != self.spec.calibration:
             self.spec = self.spec.replace(calibration=calibration)
-        self.observer = self._new_observer()
+        self.observer = self._new_observer().to(next(iter(self._state().values())).device)
         return self
 
     # ----------------------------------------------------------------- qparams
@@ -343,7 +343,7 @@ class Quantizer(MirroredStateMixin, nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.observing:
             self._check_shape(x)
-            self.observer(x)
+            self.observer(self._observed_tensor(x))
             if self.enabled:
                 self.compute_qparams()
         if not self.enabled:
@@ -364,12 +364,22 @@ class Quantizer(MirroredStateMixin, nn.Module):
         return fake_quant_uniform(x, scale, zero_point, qmin, qmax, spec.per_channel_axis,
                                   spec.group_size or 0, grad_factor)
 
+    # PoT/APoT dispatch: the level-table ops live in quantext.schemes and
+    # quantext.functional (issue 3); imported here so that uniform quantizers
+    # work without them.
     def _fake_quant_levels(self, x: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
-        # PoT/APoT dispatch: the level-table ops live in quantext.schemes (issue 3);
-        # imported here so that uniform quantizers work without them.
         from ..schemes import fake_quant  # noqa: PLC0415
 
         return fake_quant(x, self.spec, alpha=alpha)
+
+    def _observed_tensor(self, x: torch.Tensor) -> torch.Tensor:
+        """What the observer sees: with ``weight_norm`` (PoT/APoT) the normalized
+        tensor is what gets quantized, so ``alpha`` is taken from its range."""
+        if not self.spec.weight_norm:
+            return x
+        from ..functional import weight_normalize  # noqa: PLC0415
+
+        return weight_normalize(x, axis=self.spec.per_channel_axis)
 
     def extra_repr(self) -> str:
         s = self.spec
