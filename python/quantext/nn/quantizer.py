@@ -13,6 +13,10 @@ State (all in parameters/buffers, so ``state_dict``, DDP and checkpoints carry i
 
 Learnable state (``spec.learnable``) is an ``nn.Parameter``; LSQ's gradient
 scale ``1/sqrt(n * qmax)`` (``n`` elements per scale) is applied by the op.
+
+Loading a state dict that lacks some of a quantizer's entries, or whose
+entries disagree in shape, is an error even with ``strict=False``: a
+half-loaded quantizer would quantize with placeholder values.
 """
 
 from __future__ import annotations
@@ -169,8 +173,13 @@ class Quantizer(MirroredStateMixin, nn.Module):
         return {n: getattr(self, n) for n in _STATE_NAMES if getattr(self, n) is not None}
 
     @property
+    def _primary(self) -> torch.Tensor:
+        """``scale`` (uniform) or ``alpha`` (PoT/APoT): its shape is the parameter shape."""
+        return self.scale if self.alpha is None else self.alpha
+
+    @property
     def _lazy(self) -> bool:
-        return self.spec.granularity != "tensor" and next(iter(self._state().values())).numel() == 0
+        return self.spec.granularity != "tensor" and self._primary.numel() == 0
 
     def _where(self) -> str:
         return f"Quantizer '{self.name}'" if self.name else "Quantizer"
@@ -190,7 +199,7 @@ class Quantizer(MirroredStateMixin, nn.Module):
         if self._lazy:
             self._resize_lazy(expected, x.device)
             return
-        have = tuple(next(iter(self._state().values())).shape)
+        have = tuple(self._primary.shape)
         if have != expected:
             raise ValueError(f"{self._where()}: a tensor of shape {tuple(x.shape)} needs parameters of shape "
                              f"{expected}, but this quantizer holds shape {have}")
@@ -231,7 +240,7 @@ class Quantizer(MirroredStateMixin, nn.Module):
         (which then also becomes ``spec.calibration``)."""
         if calibration is not None and calibration != self.spec.calibration:
             self.spec = self.spec.replace(calibration=calibration)
-        self.observer = self._new_observer().to(next(iter(self._state().values())).device)
+        self.observer = self._new_observer().to(self._primary.device)
         return self
 
     # ----------------------------------------------------------------- qparams
@@ -250,7 +259,7 @@ class Quantizer(MirroredStateMixin, nn.Module):
             raise RuntimeError(f"{self._where()}: compute_qparams needs observed data; run the model with "
                                "observe(True) first (qx.calibrate does)")
         lo, hi = self.observer.compute_range(self.spec)
-        shape = next(iter(self._state().values())).shape
+        shape = self._primary.shape
         return self.set_qparams(**qparams_from_range(self.spec, lo.reshape(shape), hi.reshape(shape), self.min_scale))
 
     @torch.no_grad()
@@ -401,7 +410,7 @@ class Quantizer(MirroredStateMixin, nn.Module):
             error_msgs.append(f"{where}: the state dict's quantization parameters disagree in shape: {sorted(shapes)}")
         elif shapes and self._lazy:
             shape = shapes.pop()
-            self._resize_lazy(shape, next(iter(self._state().values())).device)
+            self._resize_lazy(shape, self._primary.device)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                       error_msgs)
         if not self.name and prefix:
