@@ -5,9 +5,16 @@ and additive powers-of-two schemes (C++/CUDA ops under ``torch.ops.quantext``),
 calibration, BN-folded QAT modules and ONNX export.
 """
 
+from . import nn
 from ._ops import ops
+from .convert import convert
 from .functional import fake_quant_uniform, set_value_checks, uniform_bounds
+from .prepare import prepare_qat
+from .qat import calibrate, disable_quant, enable_quant, freeze_bn, quantizers
+from .spec import QConfig, QuantSpec
 
 __version__ = "0.1.0"
 
 __all__ = ["ops", "fake_quant_uniform", "uniform_bounds", "set_value_checks", "__version__"]
+__all__ += ["nn", "QuantSpec", "QConfig", "prepare_qat", "calibrate", "freeze_bn", "convert", "enable_quant",
+            "disable_quant", "quantizers"]

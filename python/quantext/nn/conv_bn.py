@@ -1,0 +1,217 @@
+"""Conv2d + BatchNorm2d (+ ReLU) with the BN folded into the quantized weight.
+
+The module owns the float conv weight ``W`` (the shadow weight the optimizer
+updates), an optional conv bias ``b`` and a real ``nn.BatchNorm2d`` ``bn``
+(``gamma``, ``beta``, running statistics). With ``sigma = sqrt(var + eps)``
+every forward fake-quantizes the weight folded with the *running* statistics,
+``w_f = W * gamma / sigma_run``, so the quantized weight moves slowly:
+
+- training, before freezing (``bn_stats="exact"``, Krishnamoorthi 2018 /
+  TensorFlow's ``fold_batch_norms``)::
+
+      out = conv(x, FQ(w_f)) * (sigma_run / sigma_B) + (beta - gamma * mu_B' / sigma_B)
+
+  ``mu_B``, ``sigma_B`` are the batch statistics of the float convolution
+  ``conv(x, W)`` and take part in the backward pass as in BatchNorm; ``mu_B'``
+  is ``mu_B`` without the conv bias (BN cancels it). The running statistics
+  are updated from the batch first (momentum, unbiased variance,
+  ``num_batches_tracked``, as ``nn.BatchNorm2d`` does), so ``w_f`` folds the
+  latest statistics. Cost: one extra float convolution per forward (roughly
+  1.5x the convolution work of an unquantized conv+BN in forward and backward).
+- ``bn_stats="approx"``: ``torch.ao.nn.intrinsic.qat.ConvBn2d``'s one-convolution
+  approximation, ``bn(conv(x, FQ(w_f)) / (gamma / sigma_run) + b)`` in training
+  mode, i.e. the batch statistics of the *quantized* convolution scaled back.
+  A channel with ``gamma = 0`` would make that ``0/0``; it is folded with
+  ``gamma = 1`` instead (its output is ``beta`` either way).
+- after :meth:`freeze_bn` (or ``freeze_bn_after`` training steps) and in eval
+  mode, running statistics only::
+
+      out = conv(x, FQ(w_f)) + (beta - gamma * (mu_run - b) / sigma_run)
+
+  which is exactly the graph of :meth:`fold` (what ``quantext.convert`` and the
+  ONNX export produce).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..spec import QConfig
+from ._mirrored import MirroredStateMixin
+from .layers import QuantConv2d, attach_quantizers, quantize_or_identity
+
+BN_STATS = ("exact", "approx")
+
+
+def _per_channel(t: torch.Tensor) -> torch.Tensor:
+    """A ``[C]`` tensor shaped to broadcast over ``[N, C, H, W]``."""
+    return t.reshape(-1, 1, 1)
+
+
+class QuantConvBn2d(MirroredStateMixin, nn.Conv2d):
+    """Conv2d + BatchNorm2d for QAT with BN folding (see the module docstring).
+
+    Args: those of ``nn.Conv2d`` (``bias`` defaults to False) and of
+    ``nn.BatchNorm2d`` (``eps``, ``momentum``), plus
+
+        qconfig: quantizer specs of the weight and the input.
+        freeze_bn_after: freeze the BN statistics after this many training steps
+            (``None``: only when :meth:`freeze_bn` is called).
+        bn_stats: ``"exact"`` (batch statistics of the float convolution) or
+            ``"approx"`` (one convolution, ``torch.ao``'s approximation).
+    """
+
+    _FLOAT_PARTS: tuple[type[nn.Module], ...] = (nn.Conv2d, nn.BatchNorm2d)
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
+                 groups: int = 1, bias: bool = False, padding_mode: str = "zeros", eps: float = 1e-5,
+                 momentum: float | None = 0.1, *, qconfig: QConfig, freeze_bn_after: int | None = None,
+                 bn_stats: str = "exact", device=None, dtype=None) -> None:
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
+                         padding_mode, device=device, dtype=dtype)
+        if bn_stats not in BN_STATS:
+            raise ValueError(f"bn_stats must be one of {BN_STATS}, got {bn_stats!r}")
+        if freeze_bn_after is not None and (isinstance(freeze_bn_after, bool) or not isinstance(freeze_bn_after, int)
+                                            or freeze_bn_after < 0):
+            raise ValueError(f"freeze_bn_after must be None or an int >= 0, got {freeze_bn_after!r}")
+        self.bn = nn.BatchNorm2d(out_channels, eps, momentum, device=device, dtype=dtype)
+        attach_quantizers(self, qconfig, self.weight.shape)
+        self.bn_stats = bn_stats
+        self.freeze_bn_after = freeze_bn_after
+        self._register_mirrored("bn_frozen", int(freeze_bn_after == 0))
+        self._register_mirrored("qat_steps", 0, torch.int64)  # training steps with batch statistics
+
+    @classmethod
+    def from_float(cls, module: nn.Sequential, qconfig: QConfig, *, freeze_bn_after: int | None = None,
+                   bn_stats: str = "exact") -> "QuantConvBn2d":
+        """From ``nn.Sequential(conv, bn)`` (``(conv, bn, relu)`` for the ReLU variant;
+        ``torch.ao.nn.intrinsic.ConvBn2d``/``ConvBnReLU2d`` are such sequences).
+        Shares the conv's parameters and the BatchNorm module."""
+        parts = list(module) if isinstance(module, nn.Sequential) else None
+        if parts is None or [type(p) for p in parts] != list(cls._FLOAT_PARTS):
+            names = ", ".join(t.__name__ for t in cls._FLOAT_PARTS)
+            got = [type(p).__name__ for p in parts] if parts is not None else type(module).__name__
+            raise TypeError(f"{cls.__name__}.from_float expects nn.Sequential({names}), got {got}")
+        conv, bn = parts[0], parts[1]
+        if bn.num_features != conv.out_channels or not bn.affine or not bn.track_running_stats:
+            raise ValueError(f"{cls.__name__}.from_float needs an affine BatchNorm2d with running statistics over "
+                             f"the conv's {conv.out_channels} channels, got {bn}")
+        new = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
+                  conv.groups, conv.bias is not None, conv.padding_mode, bn.eps, bn.momentum, qconfig=qconfig,
+                  freeze_bn_after=freeze_bn_after, bn_stats=bn_stats, device=conv.weight.device,
+                  dtype=conv.weight.dtype)
+        new.weight, new.bias, new.bn = conv.weight, conv.bias, bn
+        return new.train(conv.training)
+
+    # ------------------------------------------------------------- BN state
+    @property
+    def is_bn_frozen(self) -> bool:
+        """Whether the forward pass uses the running statistics only."""
+        return bool(self._get_mirrored("bn_frozen"))
+
+    def freeze_bn(self) -> "QuantConvBn2d":
+        """Stops using and updating batch statistics."""
+        self._set_mirrored("bn_frozen", 1)
+        return self
+
+    def _running_std(self) -> torch.Tensor:
+        return torch.sqrt(self.bn.running_var + self.bn.eps)
+
+    def folded_weight(self) -> torch.Tensor:
+        """``w_f = W * gamma / sigma_run`` (before fake quantization)."""
+        return self.weight * (self.bn.weight / self._running_std()).reshape(-1, 1, 1, 1)
+
+    def _fused_bias(self, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+        """``beta - gamma * (mean - b) / std``: ``mean`` is that of conv(x, W) + b."""
+        centered = mean if self.bias is None else mean - self.bias
+        return self.bn.bias - self.bn.weight * centered / std
+
+    def folded_bias(self) -> torch.Tensor:
+        """Bias of the folded inference convolution, from the running statistics."""
+        return self._fused_bias(self.bn.running_mean, self._running_std())
+
+    @torch.no_grad()
+    def _stats_factor(self) -> float:
+        """Counts a training step and returns BatchNorm's running-average factor."""
+        bn = self.bn
+        bn.num_batches_tracked.add_(1)
+        steps = self._get_mirrored("qat_steps") + 1
+        self._set_mirrored("qat_steps", steps)
+        if self.freeze_bn_after is not None and steps >= self.freeze_bn_after:
+            self.freeze_bn()  # takes effect from the next forward
+        return 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
+
+    # ------------------------------------------------------------- forward
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = quantize_or_identity(self.input_quantizer, x)
+        if not self.training or self.is_bn_frozen:
+            return self._forward_frozen(x)
+        return self._forward_approx(x) if self.bn_stats == "approx" else self._forward_exact(x)
+
+    def _forward_frozen(self, x: torch.Tensor) -> torch.Tensor:
+        w = quantize_or_identity(self.weight_quantizer, self.folded_weight())
+        return self._conv_forward(x, w, self.folded_bias())
+
+    def _forward_exact(self, x: torch.Tensor) -> torch.Tensor:
+        y = self._conv_forward(x, self.weight, None)  # the extra float convolution: batch statistics
+        n = y.numel() // max(y.shape[1], 1)
+        if n <= 1:
+            raise ValueError(f"{type(self).__name__}: expected more than 1 value per channel when training, got "
+                             f"input of shape {tuple(x.shape)}")
+        var, mean = torch.var_mean(y, dim=(0, 2, 3), correction=0)
+        if self.bias is not None:
+            mean = mean + self.bias  # the statistics BatchNorm sees after the biased conv
+        factor = self._stats_factor()
+        with torch.no_grad():
+            self.bn.running_mean.mul_(1 - factor).add_(mean, alpha=factor)
+            self.bn.running_var.mul_(1 - factor).add_(var * (n / (n - 1)), alpha=factor)
+        std = torch.sqrt(var + self.bn.eps)
+        w = quantize_or_identity(self.weight_quantizer, self.folded_weight())
+        out = self._conv_forward(x, w, None)
+        return torch.addcmul(_per_channel(self._fused_bias(mean, std)), out, _per_channel(self._running_std() / std))
+
+    def _forward_approx(self, x: torch.Tensor) -> torch.Tensor:
+        bn = self.bn
+        # A zero gamma would make the unscaling below 0/0 (torch.ao's NaN); the
+        # channel's output is beta whatever its weight, so fold it with gamma = 1.
+        gamma = torch.where(bn.weight == 0, torch.ones_like(bn.weight), bn.weight)
+        scale = gamma / self._running_std()
+        w = quantize_or_identity(self.weight_quantizer, self.weight * scale.reshape(-1, 1, 1, 1))
+        y = self._conv_forward(x, w, None) / _per_channel(scale)
+        if self.bias is not None:
+            y = y + _per_channel(self.bias)
+        factor = self._stats_factor()
+        return F.batch_norm(y, bn.running_mean, bn.running_var, bn.weight, bn.bias, True, factor, bn.eps)
+
+    # ------------------------------------------------------------- convert
+    @torch.no_grad()
+    def fold(self) -> nn.Module:
+        """Inference form: a :class:`QuantConv2d` holding ``w_f`` and the folded bias,
+        sharing this module's quantizers (its output equals the frozen forward)."""
+        conv = QuantConv2d(self.in_channels, self.out_channels, self.kernel_size, self.stride, self.padding,
+                           self.dilation, self.groups, True, self.padding_mode, qconfig=self.qconfig,
+                           device=self.weight.device, dtype=self.weight.dtype)
+        conv.weight = nn.Parameter(self.folded_weight().clone())
+        conv.bias = nn.Parameter(self.folded_bias().clone())
+        conv.weight_quantizer, conv.input_quantizer = self.weight_quantizer, self.input_quantizer
+        return conv.train(self.training)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", bn_stats={self.bn_stats}, bn_frozen={self.is_bn_frozen}"
+
+
+class QuantConvBnReLU2d(QuantConvBn2d):
+    """:class:`QuantConvBn2d` followed by ReLU."""
+
+    _FLOAT_PARTS = (nn.Conv2d, nn.BatchNorm2d, nn.ReLU)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(super().forward(x))
+
+    def fold(self) -> nn.Module:
+        """``nn.Sequential(conv=QuantConv2d(folded), relu=nn.ReLU())``."""
+        return nn.Sequential(OrderedDict(conv=super().fold(), relu=nn.ReLU()))

@@ -1,0 +1,320 @@
+"""``prepare_qat``: swaps float layers for QAT modules and inserts quantizers
+where a deployment quantizes: the inputs of every Conv2d/Linear (held by the
+QAT modules) and both inputs of every residual add (standalone
+:class:`~quantext.nn.Quantizer` modules).
+
+The model is traced with ``torch.fx``; Conv2d -> BatchNorm2d (-> ReLU) chains
+become :class:`~quantext.nn.QuantConvBn2d` / ``QuantConvBnReLU2d`` (ReLU6 and
+other activations stay as they are, after the fused module), other Conv2d and
+Linear layers :class:`~quantext.nn.QuantConv2d` / ``QuantLinear``. Modules keep
+their qualified names, so state-dict keys of the float parameters stay
+recognizable (``layer1.0.conv1.weight``, ``layer1.0.conv1.bn.running_mean``).
+When tracing fails, a module walk replaces Conv2d+BatchNorm2d(+ReLU) runs inside
+``nn.Sequential`` containers and every other Conv2d/Linear, and warns: it cannot
+see functional adds, so no add quantizers are inserted.
+"""
+
+from __future__ import annotations
+
+import copy
+import operator
+import warnings
+from typing import Any, Callable, Iterable
+
+import torch
+import torch.fx as fx
+import torch.nn.functional as F
+from torch import nn
+from torch.fx.passes.shape_prop import ShapeProp
+
+from .nn import Quantizer, QuantConv2d, QuantConvBn2d, QuantConvBnReLU2d, QuantLinear
+from .spec import QConfig, QuantSpec
+
+_QAT_MODULES = (Quantizer, QuantConv2d, QuantLinear, QuantConvBn2d)
+_ADD_TARGETS = (operator.add, operator.iadd, torch.add)
+_RELU_FUNCTIONS = (F.relu, torch.relu)
+
+SkipSpec = Iterable["str | type[nn.Module]"]
+
+
+def prepare_qat(model: nn.Module, qconfig: QConfig, example_inputs: tuple | torch.Tensor | None = None,
+                skip: SkipSpec = (), first_last_bits: int | str | None = 8, inplace: bool = False,
+                freeze_bn_after: int | None = None, bn_stats: str = "exact") -> nn.Module:
+    """Returns a QAT version of ``model`` (see the module docstring).
+
+    Args:
+        model: float model.
+        qconfig: weight and activation specs for every quantized layer.
+        example_inputs: inputs for one forward pass (shape propagation), so that
+            only adds of two floating tensors get quantizers. Without them, every
+            add of two traced values does.
+        skip: qualified module names (a name covers its submodules) or module
+            types left in float.
+        first_last_bits: the first and last quantized layers (in execution
+            order) use ``first_last_bits``-bit uniform specs (an int; the first
+            layer's input quantizer signed), stay in float (``"float"``), or use
+            ``qconfig`` like the rest (``None``).
+        inplace: modify ``model``'s modules instead of a deep copy.
+        freeze_bn_after, bn_stats: passed to the BN-folded modules.
+
+    Returns a ``torch.fx.GraphModule`` (the input model's own class and methods
+    other than ``forward`` are not kept) or, after the fallback, the model
+    itself. The quantizers start uncalibrated: run :func:`quantext.calibrate`
+    (or :func:`quantext.disable_quant`) before the first forward.
+    """
+    if not isinstance(qconfig, QConfig):
+        raise TypeError(f"qconfig must be a quantext.QConfig, got {type(qconfig).__name__}")
+    if not (first_last_bits is None or first_last_bits == "float" or
+            (isinstance(first_last_bits, int) and not isinstance(first_last_bits, bool))):
+        raise ValueError(f"first_last_bits must be an int, 'float' or None, got {first_last_bits!r}")
+    if isinstance(example_inputs, torch.Tensor):
+        example_inputs = (example_inputs,)
+    skipped = _skip_predicate(tuple(skip))
+    if not inplace:
+        model = copy.deepcopy(model)
+    options = {"freeze_bn_after": freeze_bn_after, "bn_stats": bn_stats}
+    try:
+        graph = _Tracer(skipped).trace(model)
+    except Exception as exc:  # noqa: BLE001 (any tracing failure falls back)
+        warnings.warn(f"prepare_qat: torch.fx could not trace {type(model).__name__} ({type(exc).__name__}: {exc}); "
+                      "falling back to module swapping: Conv2d+BatchNorm2d(+ReLU) runs inside nn.Sequential are "
+                      "fused, other Conv2d/Linear layers quantized, but no quantizers are inserted on residual adds",
+                      stacklevel=2)
+        prepared = _prepare_modules(model, qconfig, skipped, first_last_bits, options)
+    else:
+        prepared = _prepare_graph(fx.GraphModule(model, graph, type(model).__name__), qconfig, skipped,
+                                  first_last_bits, example_inputs, options)
+    name_quantizers(prepared)
+    return prepared
+
+
+def name_quantizers(model: nn.Module) -> None:
+    """Tells every :class:`Quantizer` its qualified name (used in error messages)."""
+    for name, module in model.named_modules():
+        if isinstance(module, Quantizer):
+            module.name = name
+
+
+def _skip_predicate(skip: tuple) -> Callable[[str, nn.Module], bool]:
+    names = [s for s in skip if isinstance(s, str)]
+    types = tuple(s for s in skip if isinstance(s, type))
+    bad = [s for s in skip if not isinstance(s, (str, type))]
+    if bad:
+        raise TypeError(f"skip entries must be module names or types, got {bad!r}")
+
+    def skipped(path: str, module: nn.Module | None = None) -> bool:
+        in_names = any(path == n or path.startswith(n + ".") for n in names)
+        return in_names or (module is not None and bool(types) and isinstance(module, types))
+
+    return skipped
+
+
+def _layer_qconfig(qconfig: QConfig, bits: int, first: bool) -> QConfig:
+    """``qconfig`` at ``bits``-bit uniform (the first/last-layer rule). The first
+    layer's input is the network input, not a ReLU output, so a symmetric
+    activation spec is made signed there."""
+
+    def uniform(spec: QuantSpec | None, weight: bool) -> QuantSpec | None:
+        if spec is None or spec.scheme == "uniform":
+            return spec if spec is None else spec.replace(bits=bits)
+        return QuantSpec(bits=bits, signed=spec.signed, narrow_range=weight and spec.signed,
+                         granularity=spec.granularity, axis=spec.axis, learnable=spec.learnable,
+                         calibration=spec.calibration)
+
+    activation = uniform(qconfig.activation, weight=False)
+    if first and activation is not None and activation.symmetric and not activation.signed:
+        activation = activation.replace(signed=True)
+    return QConfig(weight=uniform(qconfig.weight, weight=True), activation=activation)
+
+
+def _qconfig_for(layers: list[str], qconfig: QConfig, first_last_bits) -> Callable[[str], QConfig | None]:
+    """Per-layer qconfig (``None``: stays float) given the layers in execution order."""
+    if not layers or first_last_bits is None:
+        return lambda name: qconfig
+    if first_last_bits == "float":
+        return lambda name: None if name in (layers[0], layers[-1]) else qconfig
+    configs = {layers[-1]: _layer_qconfig(qconfig, first_last_bits, first=False),
+               layers[0]: _layer_qconfig(qconfig, first_last_bits, first=True)}
+    return lambda name: configs.get(name, qconfig)
+
+
+def _quant_layer(module: nn.Module, qconfig: QConfig) -> nn.Module:
+    return (QuantConv2d if type(module) is nn.Conv2d else QuantLinear).from_float(module, qconfig)
+
+
+def _quantizable(module: nn.Module) -> bool:
+    return type(module) in (nn.Conv2d, nn.Linear)
+
+
+def _foldable_bn(conv: nn.Module, bn: nn.Module) -> bool:
+    return (type(conv) is nn.Conv2d and type(bn) is nn.BatchNorm2d and bn.affine and bn.track_running_stats
+            and bn.num_features == conv.out_channels)
+
+
+def set_module(root: nn.Module, path: str, module: nn.Module) -> None:
+    """Replaces the submodule at qualified name ``path``."""
+    parent, _, name = path.rpartition(".")
+    setattr(root.get_submodule(parent) if parent else root, name, module)
+
+
+class _Tracer(fx.Tracer):
+    """Keeps QAT modules and skipped modules opaque."""
+
+    def __init__(self, skipped: Callable[[str, nn.Module], bool]) -> None:
+        super().__init__()
+        self._skipped = skipped
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return (isinstance(m, _QAT_MODULES) or self._skipped(module_qualified_name, m)
+                or super().is_leaf_module(m, module_qualified_name))
+
+
+# --------------------------------------------------------------------- fx path
+def _prepare_graph(gm: fx.GraphModule, qconfig: QConfig, skipped, first_last_bits, example_inputs,
+                   options: dict[str, Any]) -> fx.GraphModule:
+    modules = dict(gm.named_modules())
+    calls: dict[str, int] = {}
+    for node in gm.graph.nodes:
+        if node.op == "call_module":
+            calls[node.target] = calls.get(node.target, 0) + 1
+    if example_inputs is not None:
+        _propagate_shapes(gm, example_inputs)
+
+    def module_of(node: fx.Node) -> nn.Module | None:
+        return modules[node.target] if node.op == "call_module" else None
+
+    def single_user(node: fx.Node) -> fx.Node | None:
+        users = list(node.users)
+        return users[0] if len(users) == 1 else None
+
+    layer_nodes = [n for n in gm.graph.nodes if n.op == "call_module" and _quantizable(modules[n.target])
+                   and calls[n.target] == 1 and not skipped(n.target, modules[n.target])]
+    config_for = _qconfig_for([n.target for n in layer_nodes], qconfig, first_last_bits)
+    absorbed_modules: set[str] = set()
+    for node in layer_nodes:
+        layer_config = config_for(node.target)
+        if layer_config is None:
+            continue
+        conv = modules[node.target]
+        bn_node = single_user(node)
+        bn = module_of(bn_node) if bn_node is not None else None
+        if bn is None or calls[bn_node.target] != 1 or not _foldable_bn(conv, bn) or skipped(bn_node.target, bn):
+            set_module(gm, node.target, _quant_layer(conv, layer_config))
+            continue
+        relu_node = single_user(bn_node)  # a shared nn.ReLU is fine: it has no state
+        fused = [conv, bn]
+        if relu_node is not None and _is_relu(relu_node, module_of(relu_node)):
+            fused.append(nn.ReLU())
+        else:
+            relu_node = None
+        cls = QuantConvBnReLU2d if relu_node is not None else QuantConvBn2d
+        set_module(gm, node.target, cls.from_float(nn.Sequential(*fused), layer_config, **options))
+        for absorbed in (relu_node, bn_node):
+            if absorbed is not None:
+                absorbed.replace_all_uses_with(node)
+                gm.graph.erase_node(absorbed)
+                if absorbed.op == "call_module":
+                    absorbed_modules.add(absorbed.target)
+    if qconfig.activation is not None:
+        _quantize_adds(gm, qconfig.activation, shapes_known=example_inputs is not None)
+    gm.graph.lint()
+    # The fused module shares the BatchNorm, so named_modules() never reports
+    # the old path as unused: delete absorbed modules that no node calls anymore.
+    still_called = {n.target for n in gm.graph.nodes if n.op == "call_module"}
+    for target in absorbed_modules - still_called:
+        gm.delete_submodule(target)
+    gm.delete_all_unused_submodules()
+    gm.recompile()
+    return gm
+
+
+def _is_relu(node: fx.Node, module: nn.Module | None) -> bool:
+    if module is not None:
+        return type(module) is nn.ReLU
+    return node.op == "call_function" and node.target in _RELU_FUNCTIONS or \
+        (node.op == "call_method" and node.target in ("relu", "relu_"))
+
+
+@torch.no_grad()
+def _propagate_shapes(gm: fx.GraphModule, example_inputs: tuple) -> None:
+    """Records each node's tensor metadata (eval mode, so BN statistics stay untouched)."""
+    modes = {m: m.training for m in gm.modules()}
+    gm.eval()
+    try:
+        ShapeProp(gm).propagate(*example_inputs)
+    finally:
+        for m, mode in modes.items():
+            m.training = mode
+
+
+def _is_float_tensor(node: fx.Node) -> bool:
+    meta = node.meta.get("tensor_meta")
+    return hasattr(meta, "dtype") and meta.dtype.is_floating_point
+
+
+def _is_add(node: fx.Node) -> bool:
+    return (node.op == "call_function" and node.target in _ADD_TARGETS) or \
+        (node.op == "call_method" and node.target in ("add", "add_"))
+
+
+def _scope(node: fx.Node) -> str:
+    """Qualified name of the module whose forward contains ``node``."""
+    stack = node.meta.get("nn_module_stack") or {}
+    return next(reversed(stack.values()))[0] if stack else ""
+
+
+def _quantize_adds(gm: fx.GraphModule, spec: QuantSpec, shapes_known: bool) -> None:
+    """Inserts a Quantizer on both inputs of every add of two floating tensors
+    (of two traced values when shapes are unknown). Adds inside skipped modules
+    are not traced, so they are not seen here."""
+    per_scope: dict[str, int] = {}
+    for node in list(gm.graph.nodes):
+        if not _is_add(node) or len(node.args) < 2:
+            continue
+        inputs = node.args[:2]
+        if not all(isinstance(a, fx.Node) and (not shapes_known or _is_float_tensor(a)) for a in inputs):
+            continue
+        scope = _scope(node)
+        k = per_scope[scope] = per_scope.get(scope, -1) + 1
+        base = (scope + "." if scope else "") + ("add" if k == 0 else f"add_{k}")
+        quantized = []
+        for i, arg in enumerate(inputs):
+            name = f"{base}_input{i}_quantizer"
+            gm.add_submodule(name, Quantizer(spec))
+            with gm.graph.inserting_before(node):
+                quantized.append(gm.graph.call_module(name, (arg,)))
+        node.args = tuple(quantized) + tuple(node.args[2:])
+
+
+# --------------------------------------------------------------------- module walk
+def _prepare_modules(model: nn.Module, qconfig: QConfig, skipped, first_last_bits,
+                     options: dict[str, Any]) -> nn.Module:
+    """Fallback: replaces modules by walking the module tree (registration order)."""
+    named = dict(model.named_modules())
+    layers = [name for name, m in named.items() if _quantizable(m) and not skipped(name, m)]
+    config_for = _qconfig_for(layers, qconfig, first_last_bits)
+    replacements: dict[str, nn.Module] = {}
+    for parent_name, parent in named.items():
+        if not isinstance(parent, nn.Sequential):
+            continue
+        children = list(parent.named_children())
+        for i, (child_name, conv) in enumerate(children[:-1]):
+            path = f"{parent_name}.{child_name}" if parent_name else child_name
+            bn_name, bn = children[i + 1]
+            bn_path = f"{parent_name}.{bn_name}" if parent_name else bn_name
+            if path not in layers or config_for(path) is None or not _foldable_bn(conv, bn) or skipped(bn_path, bn):
+                continue
+            fused = [conv, bn]
+            relu_path = None
+            if i + 2 < len(children) and type(children[i + 2][1]) is nn.ReLU:
+                relu_path = f"{parent_name}.{children[i + 2][0]}" if parent_name else children[i + 2][0]
+                fused.append(nn.ReLU())
+            cls = QuantConvBnReLU2d if relu_path else QuantConvBn2d
+            replacements[path] = cls.from_float(nn.Sequential(*fused), config_for(path), **options)
+            replacements.update({p: nn.Identity() for p in (bn_path, relu_path) if p})
+    for path in layers:
+        if path not in replacements and config_for(path) is not None:
+            replacements[path] = _quant_layer(named[path], config_for(path))
+    for path, module in replacements.items():
+        set_module(model, path, module)
+    return model
