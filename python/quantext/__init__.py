@@ -7,7 +7,10 @@ calibration, BN-folded QAT modules and ONNX export.
 
 from ._ops import ops
 from .functional import fake_quant_uniform, set_value_checks, uniform_bounds
+from . import export
+from .export import export_onnx
 
 __version__ = "0.1.0"
 
 __all__ = ["ops", "fake_quant_uniform", "uniform_bounds", "set_value_checks", "__version__"]
+__all__ += ["export", "export_onnx"]
