@@ -37,15 +37,22 @@ class Quantizer(nn.Module):
         self.observe = False
 
     def calibrate_from(self, x: torch.Tensor) -> None:
-        axis = self.spec.per_channel_axis
-        dims = [d for d in range(x.dim()) if d != axis] if axis is not None else list(range(x.dim()))
-        amax = x.detach().abs().amax(dim=dims) if dims else x.detach().abs()
-        if self.spec.symmetric or not self.spec.signed:
-            self.scale.copy_((amax / self.qmax).clamp_min(1e-8).reshape(self.scale.shape))
+        x = x.detach()
+        axis, g = self.spec.per_channel_axis, self.spec.group_size
+        if g:  # one scale per group of g along axis: the scale keeps x's rank
+            shape = list(x.shape)
+            shape[axis:axis + 1] = [shape[axis] // g, g]
+            amax = x.reshape(shape).abs().amax(axis + 1)
+            self.scale = (amax / self.qmax).clamp_min(1e-8)
+            self.zero_point = torch.zeros(amax.shape, dtype=torch.int32)
+        elif axis is not None:
+            self.scale.copy_((x.abs().transpose(0, axis).flatten(1).amax(1) / self.qmax).clamp_min(1e-8))
+        elif self.spec.symmetric or not self.spec.signed:
+            self.scale.fill_(max(float(x.abs().max()) / self.qmax, 1e-8))
         else:  # asymmetric signed: a range that uses the zero point
-            lo = x.detach().amin().clamp_max(0)
-            self.scale.fill_(float((amax - lo) / (self.qmax - self.qmin)) + 1e-8)
-            self.zero_point.fill_(int(self.qmin - torch.round(lo / self.scale[0])))
+            lo = min(float(x.min()), 0.0)
+            self.scale.fill_((float(x.abs().max()) - lo) / (self.qmax - self.qmin) + 1e-8)
+            self.zero_point.fill_(int(self.qmin - round(lo / float(self.scale[0]))))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.observe:
