@@ -3,6 +3,11 @@ ONNX Runtime agreement (teacher-forced verification) and int8 fusion, errors."""
 
 from __future__ import annotations
 
+import atexit
+import functools
+import pathlib
+import shutil
+import tempfile
 from collections import Counter
 
 import numpy as np
@@ -109,21 +114,17 @@ def weight_dqs(model: onnx.ModelProto) -> list[tuple[onnx.NodeProto, onnx.NodePr
             if n.op_type == "DequantizeLinear" and n.input[0] in consts for u in users[n.output[0]]]
 
 
-@pytest.fixture(scope="module")
-def int8_export(tmp_path_factory):
-    """The default int8 export of each model (with verify=True: ORT agrees with PyTorch), made once."""
-    cache = {}
-
-    def get(name):
-        if name not in cache:
-            cache[name] = export(tmp_path_factory.mktemp(name), name)
-        return cache[name]
-
-    return get
+@functools.cache
+def int8_export(name: str):
+    """The default int8 export of a model (verify=True: ORT agrees with PyTorch),
+    made once per test session (test_tensorrt_rules reads it too)."""
+    folder = tempfile.mkdtemp(prefix=f"qx_export_{name}_")
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return export(pathlib.Path(folder), name)
 
 
 @pytest.mark.parametrize("name", list(MODELS))
-def test_int8_export_verifies_and_has_int8_weights(int8_export, name):
+def test_int8_export_verifies_and_has_int8_weights(name):
     model, x, proto, path = int8_export(name)
     onnx.checker.check_model(proto, full_check=True)
     assert_qdq_structure(proto)
@@ -168,7 +169,7 @@ def test_ort_runs_unsigned_relu_activations_as_qlinearconv(tmp_path):
     assert ops["QLinearConv"] == 2 and ops["Conv"] == ops["FusedConv"] == 0
 
 
-def test_ort_runs_symmetric_int8_resnet_with_qlinearconv(tmp_path, int8_export):
+def test_ort_runs_symmetric_int8_resnet_with_qlinearconv(tmp_path):
     # TensorRT's form (int8, zero point 0 everywhere): the convolutions whose output
     # is quantized directly (residual-add inputs) become QLinearConv.
     _, _, proto, path = int8_export("resnet18")
@@ -292,6 +293,13 @@ def test_uncalibrated_quantizers_are_refused(tmp_path):
     model[5].input_quantizer.calibrated = False
     with pytest.raises(ValueError, match=r"quantizer '5\.input_quantizer' was never calibrated"):
         qx.export_onnx(model, x, tmp_path / "u.onnx")
+
+
+def test_non_float32_models_are_refused(tmp_path):
+    model, x = build("cnn")
+    with pytest.raises(ValueError, match=r"module '0\.input_quantizer': the quantizer's input is double; export "
+                                         r"takes float32 models"):
+        qx.export_onnx(model.double(), x.double(), tmp_path / "d.onnx")
 
 
 class RepeatedQuantizers(nn.Module):

@@ -93,7 +93,7 @@ def export_onnx(
     args = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
     path = os.fspath(path)
     check_modules(model)
-    was_training = model.training
+    modes = {m: m.training for m in model.modules()}
     model.eval()
     try:
         program = _capture(model, args, dynamic_batch)
@@ -108,5 +108,6 @@ def export_onnx(
         if verify:
             verify_onnx(path, model, args)
     finally:
-        model.train(was_training)
+        for module, training in modes.items():
+            module.training = training
     return path

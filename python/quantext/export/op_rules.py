@@ -17,7 +17,6 @@ import numpy as np
 import onnx
 import torch
 from onnx.defs import OpSchema
-from onnxscript import values as onnxscript_values
 
 DOMAIN = "quantext"
 UNIFORM = "FakeQuantUniform"
@@ -113,23 +112,20 @@ def _axis_attr(x: Any, axis: int | None) -> int:
     return PER_TENSOR if axis is None else axis % len(x.shape)
 
 
-_OPSET = onnxscript_values.Opset(DOMAIN, 1)
-
-
-def _translate_uniform(call_index: Callable[[], int]) -> Callable[..., Any]:
+def _translate_uniform(opset: Any, call_index: Callable[[], int]) -> Callable[..., Any]:
     def translate(*args: Any, **kwargs: Any) -> Any:
         a = bind(torch.ops.quantext.fake_quant_uniform.default, args, kwargs)
-        return _OPSET.FakeQuantUniform(a["x"], a["scale"], a["zero_point"], qmin=a["qmin"], qmax=a["qmax"],
+        return opset.FakeQuantUniform(a["x"], a["scale"], a["zero_point"], qmin=a["qmin"], qmax=a["qmax"],
                                        axis=_axis_attr(a["x"], a["axis"]), group_size=a["group_size"],
                                        call_index=call_index())
 
     return translate
 
 
-def _translate_levels(op: torch._ops.OpOverload, call_index: Callable[[], int]) -> Callable[..., Any]:
+def _translate_levels(opset: Any, op: torch._ops.OpOverload, call_index: Callable[[], int]) -> Callable[..., Any]:
     def translate(*args: Any, **kwargs: Any) -> Any:
         d = _LEVELS_OPS[op](bind(op, args, kwargs))
-        return _OPSET.FakeQuantLevels(d.x, d.alpha, levels=[float(v) for v in d.levels], signed=int(d.signed),
+        return opset.FakeQuantLevels(d.x, d.alpha, levels=[float(v) for v in d.levels], signed=int(d.signed),
                                       axis=_axis_attr(d.x, d.axis), call_index=call_index())
 
     return translate
@@ -176,11 +172,12 @@ def translation_table() -> dict[torch._ops.OpOverload, Callable[..., Any]]:
     equal quantizers from being merged before :mod:`.qdq_rules` sees them and
     lets verification pair each node with the PyTorch call it came from.
     """
+    from onnxscript import values  # imported here: it takes a while and only export needs it
+
     _register_schemas()
-    counter = itertools.count()
-    call_index = counter.__next__
-    table = {torch.ops.quantext.fake_quant_uniform.default: _translate_uniform(call_index)}
-    table.update({op: _translate_levels(op, call_index) for op in quant_ops()[1:]})
+    opset, call_index = values.Opset(DOMAIN, 1), itertools.count().__next__
+    table = {torch.ops.quantext.fake_quant_uniform.default: _translate_uniform(opset, call_index)}
+    table.update({op: _translate_levels(opset, op, call_index) for op in quant_ops()[1:]})
     return table
 
 

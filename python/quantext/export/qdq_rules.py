@@ -74,6 +74,15 @@ def _param(g: Graph, node: onnx.NodeProto, index: int, what: str, positive: bool
     return value
 
 
+def _check_input_type(g: Graph, node: onnx.NodeProto) -> None:
+    """The rules emit float32 scales, thresholds and tables."""
+    for v in list(g.graph.value_info) + list(g.graph.input):
+        if v.name == node.input[0] and v.type.tensor_type.elem_type != TensorProto.FLOAT:
+            name = TensorProto.DataType.Name(v.type.tensor_type.elem_type).lower()
+            raise ValueError(f"{describe(node)}: the quantizer's input is {name}; export takes float32 models "
+                             "(call model.float() first)")
+
+
 def _int_type(node: onnx.NodeProto, qmin: int, qmax: int, opset: int) -> tuple:
     types = [_UINT8, _INT8] if qmin >= 0 else [_INT8, _UINT8]
     types += [_UINT16, _INT16] if qmin >= 0 else [_INT16, _UINT16]
@@ -119,6 +128,7 @@ def _uniform_codes(x: np.ndarray, scale: np.ndarray, zp: np.ndarray, a: dict, ax
 def _lower_uniform(g: Graph, node: onnx.NodeProto, opset: int) -> tuple[list[onnx.NodeProto], Step]:
     a = _attrs(node)
     axis = None if a["axis"] == op_rules.PER_TENSOR else a["axis"]
+    _check_input_type(g, node)
     scale = _param(g, node, 1, "scale", positive=True).astype(np.float32)
     zp = np.rint(_param(g, node, 2, "zero point", positive=False)).astype(np.int64)
     if zp.min() < a["qmin"] or zp.max() > a["qmax"]:
@@ -163,15 +173,10 @@ def thresholds(levels: np.ndarray) -> np.ndarray:
     return np.where(t32.astype(np.float64) > mid, np.nextafter(t32, np.float32(-np.inf)), t32)
 
 
-def level_index(v: np.ndarray, levels: np.ndarray) -> np.ndarray:
-    """Index of the nearest level to ``|v|`` (ties to the smaller): the number of
-    thresholds strictly below it."""
-    return np.searchsorted(thresholds(levels), np.abs(v).astype(np.float32), side="left")
-
-
 def _lower_levels(g: Graph, node: onnx.NodeProto, opset: int) -> tuple[list[onnx.NodeProto], Step]:
     a = _attrs(node)
     axis = None if a["axis"] == op_rules.PER_TENSOR else a["axis"]
+    _check_input_type(g, node)
     levels = np.asarray(a["levels"], np.float32)
     if levels.ndim != 1 or levels.size < 2 or levels[0] != 0 or np.any(np.diff(levels) <= 0):
         raise ValueError(f"{describe(node)}: levels must ascend from 0, got {levels.tolist()}")
@@ -185,7 +190,8 @@ def _lower_levels(g: Graph, node: onnx.NodeProto, opset: int) -> tuple[list[onnx
     x = g.const(node.input[0])
     if x is not None:
         v = x.astype(np.float32) / alpha_b
-        idx = level_index(v, levels)
+        # the nearest level (ties to the smaller): the number of thresholds strictly below
+        idx = np.searchsorted(thresholds(levels), np.abs(v) if a["signed"] else v, side="left")
         if a["signed"]:
             codes = (np.sign(v) * idx).astype(np.int8)
             # Gather reads negative indices from the end: code -i finds -levels[i].
@@ -284,6 +290,7 @@ def lower(model: onnx.ModelProto) -> dict[int, QuantizerRecord]:
     kept: dict[tuple, str] = {}  # (input, param key) -> output
     key_of: dict[str, tuple] = {}  # output -> param key
     step_of: dict[str, Step] = {}
+    graph_outputs = {o.name for o in model.graph.output}
     for node in model.graph.node:
         if node.domain != op_rules.DOMAIN:
             nodes.append(node)
@@ -298,6 +305,8 @@ def lower(model: onnx.ModelProto) -> dict[int, QuantizerRecord]:
             kept[(x, key)], key_of[out] = out, key
         tensor = alias.get(out, out)
         step, axis = step_of[tensor]
+        if out in graph_outputs:  # kept as a graph output (through an Identity when aliased)
+            tensor = out
         record[_attrs(node)["call_index"]] = QuantizerRecord(
             tensor, module_path(node), np.asarray(step).ravel().tolist(), axis,
             uniform=node.op_type == op_rules.UNIFORM and not _attrs(node)["group_size"])
