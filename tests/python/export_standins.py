@@ -4,7 +4,11 @@ quantext ops exactly as the real modules do, a level-table quantizer over a
 test-only op (slow reference forward), BN folding, and quantized residual adds
 for torchvision's ResNet and MobileNetV2.
 
-The real modules replace these: `STANDINS` is the one switch the tests read.
+The exporter reads only the ops in the traced graph plus a few duck-typed
+attributes (``spec``, ``calibrated``, ``weight_quantizer``), so the real
+qx.nn modules can replace Quantizer / QuantConv2d / QuantLinear here (the tests
+build them through this module, and models through ``quantize()`` and
+``calibrate()``).
 """
 
 from __future__ import annotations

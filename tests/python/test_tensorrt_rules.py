@@ -77,9 +77,10 @@ def test_residual_add_with_one_unquantized_input_is_flagged(tmp_path):
 
 def _conv_graph(tmp_path, weight_axis: int, batchnorm: bool) -> str:
     """A hand-built int8 QDQ Conv (the exporter itself refuses BatchNorm)."""
+    channels = 4 if weight_axis == 0 else 3
     inits = [numpy_helper.from_array(v, k) for k, v in {
         "s": np.array(0.1, np.float32), "z": np.array(0, np.int8), "w": np.ones((4, 3, 3, 3), np.int8),
-        "ws": np.full(4 if weight_axis == 0 else 3, 0.01, np.float32), "wz": np.zeros(4 if weight_axis == 0 else 3, np.int8),
+        "ws": np.full(channels, 0.01, np.float32), "wz": np.zeros(channels, np.int8),
         "g": np.ones(4, np.float32), "b": np.zeros(4, np.float32)}.items()]
     nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"], name="q"),
              helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"], name="dq"),
@@ -101,4 +102,5 @@ def test_batchnorm_and_wrong_weight_axis_are_flagged(tmp_path):
     issues = check_tensorrt_rules(_conv_graph(tmp_path, 0, batchnorm=True))
     assert len(issues) == 1 and "BatchNormalization 'bn'" in issues[0]
     issues = check_tensorrt_rules(_conv_graph(tmp_path, 1, batchnorm=False))
-    assert len(issues) == 1 and "weight quantized along axis 1, but Conv 'conv' has its output channels on axis 0" in issues[0]
+    assert len(issues) == 1
+    assert "weight quantized along axis 1, but Conv 'conv' has its output channels on axis 0" in issues[0]
