@@ -12,9 +12,12 @@ from .functional import fake_quant_uniform, set_value_checks, uniform_bounds
 from .prepare import prepare_qat
 from .qat import calibrate, disable_quant, enable_quant, freeze_bn, quantizers
 from .spec import QConfig, QuantSpec
+from . import export
+from .export import export_onnx
 
 __version__ = "0.1.0"
 
 __all__ = ["ops", "fake_quant_uniform", "uniform_bounds", "set_value_checks", "__version__"]
 __all__ += ["nn", "QuantSpec", "QConfig", "prepare_qat", "calibrate", "freeze_bn", "convert", "enable_quant",
             "disable_quant", "quantizers"]
+__all__ += ["export", "export_onnx"]

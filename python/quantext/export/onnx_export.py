@@ -1,0 +1,113 @@
+"""``export_onnx``: torch.export -> torch.onnx (dynamo) with the quant ops kept
+as private nodes -> lowering to QDQ / standard operators -> checks -> ONNX
+Runtime verification."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Sequence
+
+import onnx
+import torch
+from torch import nn
+
+from . import op_rules, qdq_rules
+from .graph import describe
+from .module_checks import check_modules
+from .verify import verify_onnx, write_record
+
+# The torch.export-based exporter translates at opset 18 and converts upwards;
+# converting down fails (no Relu 14 -> 13 adapter), so 18 is the floor.
+MIN_OPSET, MAX_OPSET = 18, 23
+
+
+def _capture(model: nn.Module, args: tuple, dynamic_batch: bool) -> torch.export.ExportedProgram:
+    if not dynamic_batch:
+        return torch.export.export(model, args, strict=False)
+    tensors = [a for a in args if isinstance(a, torch.Tensor)]
+    if not tensors or any(a.dim() == 0 or a.shape[0] < 2 for a in tensors):
+        raise ValueError("dynamic_batch=True needs tensor example inputs with a batch dimension of size >= 2 "
+                         "(torch.export specializes sizes 0 and 1)")
+    batch = torch.export.Dim("batch")
+    shapes = tuple({0: batch} if isinstance(a, torch.Tensor) else None for a in args)
+    try:
+        return torch.export.export(model, args, dynamic_shapes=shapes, strict=False)
+    except Exception as err:
+        torch.export.export(model, args, strict=False)  # a static failure is not about the batch: let it raise
+        raise ValueError("dynamic_batch=True: the model does not trace with a symbolic batch dimension (it "
+                         "depends on the batch size, e.g. a reshape to a fixed size); fix the model or export "
+                         f"with dynamic_batch=False. torch.export said: {str(err).splitlines()[0]}") from err
+
+
+def _check(model: onnx.ModelProto) -> None:
+    for node in model.graph.node:
+        if node.op_type == "BatchNormalization":
+            raise ValueError(f"{describe(node)} computes BatchNorm in the exported graph: fold it first "
+                             "(qx.convert(model))")
+    onnx.checker.check_model(model, full_check=True)
+
+
+def export_onnx(
+    model: nn.Module,
+    example_inputs: torch.Tensor | tuple[Any, ...],
+    path: str | os.PathLike,
+    opset: int = MIN_OPSET,
+    verify: bool = True,
+    input_names: Sequence[str] | None = None,
+    output_names: Sequence[str] | None = None,
+    dynamic_batch: bool = False,
+) -> str:
+    """Exports a converted quantext model to ONNX in QDQ form.
+
+    Uniform quantizers become ``QuantizeLinear -> DequantizeLinear`` (weights as
+    int8 initializers read by ``DequantizeLinear``), below 8 bits with a
+    ``Clip`` to the integer range between them; PoT/APoT quantizers become
+    integer codes plus a codebook (weights) or a composition of standard
+    operators (activations). See docs/export.md.
+
+    Args:
+        model: the model after ``qx.convert`` (BatchNorm folded, quantizers
+            calibrated). It is traced in eval mode; its mode is restored.
+        example_inputs: a tensor or a tuple of positional inputs.
+        path: the ``.onnx`` file to write.
+        opset: ONNX opset, 18 to 23 (21 and above allow 16-bit and per-group
+            quantizers).
+        verify: run the file in ONNX Runtime on ``example_inputs`` and compare
+            with the PyTorch model (see :func:`quantext.export.verify_onnx`).
+        input_names, output_names: names of the graph inputs and outputs.
+        dynamic_batch: make dimension 0 of every input symbolic.
+
+    Returns:
+        ``path`` as a string.
+
+    Raises:
+        ValueError: un-folded BatchNorm, an uncalibrated quantizer, an integer
+            range ONNX cannot hold at ``opset``, a batch dimension that cannot
+            be dynamic.
+        NotImplementedError: an op (module) without an export rule.
+        VerificationError: ONNX Runtime disagrees with PyTorch.
+    """
+    if not isinstance(opset, int) or not MIN_OPSET <= opset <= MAX_OPSET:
+        raise ValueError(f"opset must be an int in [{MIN_OPSET}, {MAX_OPSET}] (the torch.export-based "
+                         f"exporter cannot produce older opsets), got {opset!r}")
+    args = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
+    path = os.fspath(path)
+    check_modules(model)
+    modes = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        program = _capture(model, args, dynamic_batch)
+        op_rules.check_ops(program)
+        exported = torch.onnx.export(program, args, dynamo=True, opset_version=opset, verbose=False,
+                                     custom_translation_table=op_rules.translation_table(),
+                                     input_names=input_names, output_names=output_names)
+        proto = exported.model_proto
+        write_record(proto, qdq_rules.lower(proto))
+        _check(proto)
+        onnx.save(proto, path)
+        if verify:
+            verify_onnx(path, model, args)
+    finally:
+        for module, training in modes.items():
+            module.training = training
+    return path

@@ -1,0 +1,206 @@
+"""The torch ops the exporter translates, and how each one enters the ONNX graph.
+
+The torch exporter hands a translation function symbolic tensors, not values,
+so each fake-quant op becomes one node of a private ``quantext`` ONNX domain
+that carries its integer range or level table as attributes. :mod:`.qdq_rules`
+then lowers those nodes to standard operators with the constants in hand
+(folding a weight into integer codes needs the weight's values).
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import onnx
+import torch
+from onnx.defs import OpSchema
+
+DOMAIN = "quantext"
+UNIFORM = "FakeQuantUniform"
+LEVELS = "FakeQuantLevels"
+PER_TENSOR = -1  # ``axis`` attribute value of a per-tensor quantizer
+
+_FLOATS = ["tensor(float)", "tensor(float16)", "tensor(bfloat16)", "tensor(double)"]
+
+
+@dataclass(frozen=True)
+class LevelsArgs:
+    """A level-table fake quantization: ``x`` clipped to ``alpha``, rounded to the
+    nearest of ``levels * alpha`` (ties to the smaller magnitude).
+
+    Attributes:
+        x: the input (a symbolic tensor during export).
+        alpha: clipping value, one element or one per index of ``axis``.
+        levels: normalized magnitudes, ascending, from 0 to 1.
+        signed: the levels are mirrored to negative values.
+        axis: ``None`` per tensor, else the axis of a per-channel ``alpha``.
+    """
+
+    x: Any
+    alpha: Any
+    levels: Sequence[float]
+    signed: bool
+    axis: int | None
+
+
+LevelsAdapter = Callable[[dict[str, Any]], LevelsArgs]
+_LEVELS_OPS: dict[torch._ops.OpOverload, LevelsAdapter] = {}
+
+
+def register_levels_op(op: torch._ops.OpOverload, adapter: LevelsAdapter) -> None:
+    """Teaches the exporter a fake-quant op that rounds to a table of levels.
+
+    Args:
+        op: the op overload, e.g. ``torch.ops.mylib.fake_quant_pot.default``.
+        adapter: maps the op's arguments, bound by name from its schema
+            (defaults filled in), to :class:`LevelsArgs`.
+    """
+    if not isinstance(op, torch._ops.OpOverload):
+        raise TypeError(f"op must be an OpOverload (e.g. torch.ops.ns.name.default), got {op!r}")
+    _LEVELS_OPS[op] = adapter
+
+
+def level_table(scheme: str, bits: int, signed: bool, k: int = 2) -> np.ndarray:
+    """Normalized magnitude levels of a PoT/APoT grid, ascending from 0 to 1.
+
+    The only place the exporter asks quantext for level tables: it accepts a
+    table with or without the mirrored negative half.
+    """
+    import quantext
+
+    if hasattr(quantext, "levels"):
+        table = quantext.levels(scheme, bits, signed=signed, k=k)
+    elif hasattr(torch.ops.quantext, "levels"):
+        table = torch.ops.quantext.levels(scheme, bits, signed, k)
+    else:
+        raise RuntimeError(f"exporting scheme={scheme!r} needs quantext.levels (the PoT/APoT level tables), "
+                           "which this build of quantext does not have")
+    return np.unique(np.abs(np.asarray(torch.as_tensor(table, dtype=torch.float32))))
+
+
+def _scheme_adapter(scheme: str) -> LevelsAdapter:
+    """Reads quantext's own PoT/APoT ops by argument name: x, alpha, bits,
+    signed, axis and, where present, k and rounding."""
+
+    def adapt(a: dict[str, Any]) -> LevelsArgs:
+        if a.get("rounding", "nearest") != "nearest":
+            raise ValueError(f"export of {scheme} with rounding={a['rounding']!r} is not supported: "
+                             "only rounding='nearest' has an exact ONNX composition")
+        table = level_table(scheme, a["bits"], a["signed"], a.get("k", 2))
+        return LevelsArgs(a["x"], a["alpha"], table, bool(a["signed"]), a.get("axis"))
+
+    return adapt
+
+
+def bind(op: torch._ops.OpOverload, args: Sequence[Any], kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The arguments of a call of ``op`` by name, with schema defaults filled in."""
+    bound = {}
+    for i, arg in enumerate(op._schema.arguments):
+        if i < len(args):
+            bound[arg.name] = args[i]
+        elif arg.name in kwargs:
+            bound[arg.name] = kwargs[arg.name]
+        elif arg.has_default_value():
+            bound[arg.name] = arg.default_value
+    return bound
+
+
+def _axis_attr(x: Any, axis: int | None) -> int:
+    return PER_TENSOR if axis is None else axis % len(x.shape)
+
+
+def _translate_uniform(opset: Any, call_index: Callable[[], int]) -> Callable[..., Any]:
+    def translate(*args: Any, **kwargs: Any) -> Any:
+        a = bind(torch.ops.quantext.fake_quant_uniform.default, args, kwargs)
+        return opset.FakeQuantUniform(a["x"], a["scale"], a["zero_point"], qmin=a["qmin"], qmax=a["qmax"],
+                                       axis=_axis_attr(a["x"], a["axis"]), group_size=a["group_size"],
+                                       call_index=call_index())
+
+    return translate
+
+
+def _translate_levels(opset: Any, op: torch._ops.OpOverload, call_index: Callable[[], int]) -> Callable[..., Any]:
+    def translate(*args: Any, **kwargs: Any) -> Any:
+        d = _LEVELS_OPS[op](bind(op, args, kwargs))
+        return opset.FakeQuantLevels(d.x, d.alpha, levels=[float(v) for v in d.levels], signed=int(d.signed),
+                                      axis=_axis_attr(d.x, d.axis), call_index=call_index())
+
+    return translate
+
+
+def _register_schemas() -> None:
+    """Declares the private ops to ONNX, which the exporter's op builder asks for."""
+    if onnx.defs.has(UNIFORM, DOMAIN):
+        return
+    param = OpSchema.FormalParameter
+    attr = OpSchema.Attribute
+    ints = OpSchema.AttrType.INT
+    common = [("T", _FLOATS, ""), ("S", ["tensor(float)", "tensor(double)"], "")]
+    onnx.defs.register_schema(OpSchema(
+        UNIFORM, DOMAIN, 1, inputs=[param("x", "T"), param("scale", "S"), param("zero_point", "Z")],
+        outputs=[param("y", "T")],
+        type_constraints=common + [("Z", ["tensor(int32)", "tensor(int64)"] + _FLOATS, "")],
+        attributes=[attr("qmin", ints, ""), attr("qmax", ints, ""), attr("axis", ints, ""),
+                    attr("group_size", ints, ""), attr("call_index", ints, "")]))
+    onnx.defs.register_schema(OpSchema(
+        LEVELS, DOMAIN, 1, inputs=[param("x", "T"), param("alpha", "S")], outputs=[param("y", "T")],
+        type_constraints=common,
+        attributes=[attr("levels", OpSchema.AttrType.FLOATS, ""), attr("signed", ints, ""), attr("axis", ints, ""),
+                    attr("call_index", ints, "")]))
+
+
+def _builtin_levels_ops() -> None:
+    for name, scheme in (("fake_quant_pot", "pot"), ("fake_quant_apot", "apot")):
+        if hasattr(torch.ops.quantext, name):
+            _LEVELS_OPS.setdefault(getattr(torch.ops.quantext, name).default, _scheme_adapter(scheme))
+
+
+def quant_ops() -> list[torch._ops.OpOverload]:
+    """Every fake-quant op the exporter translates."""
+    _builtin_levels_ops()
+    return [torch.ops.quantext.fake_quant_uniform.default, *_LEVELS_OPS]
+
+
+def translation_table() -> dict[torch._ops.OpOverload, Callable[..., Any]]:
+    """``custom_translation_table`` for one ``torch.onnx.export`` call.
+
+    Each node records ``call_index``, the position of its op call in the
+    model's execution order (the exporter translates in that order): it keeps
+    equal quantizers from being merged before :mod:`.qdq_rules` sees them and
+    lets verification pair each node with the PyTorch call it came from.
+    """
+    from onnxscript import values  # imported here: it takes a while and only export needs it
+
+    _register_schemas()
+    opset, call_index = values.Opset(DOMAIN, 1), itertools.count().__next__
+    table = {torch.ops.quantext.fake_quant_uniform.default: _translate_uniform(opset, call_index)}
+    table.update({op: _translate_levels(opset, op, call_index) for op in quant_ops()[1:]})
+    return table
+
+
+def _node_module(node: torch.fx.Node) -> str:
+    stack = node.meta.get("nn_module_stack")
+    if not stack:
+        return "the top-level module"
+    path, cls = list(stack.values())[-1]
+    cls_name = cls if isinstance(cls, str) else getattr(cls, "__qualname__", str(cls))
+    return f"module '{path}' ({cls_name.rsplit('.', 1)[-1]})"
+
+
+def check_ops(program: torch.export.ExportedProgram) -> None:
+    """Raises for an op outside ATen that no rule translates, naming the module
+    that called it (the torch exporter's own error would name only the op)."""
+    known = set(quant_ops())
+    for node in program.graph.nodes:
+        target = node.target
+        if node.op != "call_function" or not isinstance(target, torch._ops.OpOverload):
+            continue
+        if target.namespace in ("aten", "prims") or target in known:
+            continue
+        raise NotImplementedError(
+            f"{_node_module(node)} calls {target.name()}, which has no ONNX export rule. Replace the module "
+            "with a quantext module (qx.nn.QuantConv2d / QuantLinear / Quantizer), or, for a fake-quant op "
+            "that rounds to a level table, register it with quantext.export.register_levels_op.")

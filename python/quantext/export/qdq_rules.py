@@ -1,0 +1,320 @@
+"""Lowering of the private ``quantext`` nodes (see :mod:`.op_rules`) to standard
+ONNX operators.
+
+- Uniform, input computed at run time: ``QuantizeLinear -> DequantizeLinear``,
+  with a ``Clip`` between them when the integer range is narrower than the
+  8-bit type (QCDQ: low-bit grids and narrow ranges).
+- Uniform, constant input (a weight): the codes are computed here with the
+  quantext op itself and stored as an int8/uint8 initializer read by
+  ``DequantizeLinear``: the form ONNX Runtime fuses into ``QLinearConv`` /
+  ``QLinearMatMul`` and TensorRT reads as int8 weights.
+- Level tables (PoT/APoT), constant input: integer codes (``sign * index``)
+  decoded by ``Gather`` from a signed codebook, times ``alpha``.
+- Level tables, run-time input: ``v = x / alpha``; the level index
+  ``#{thresholds t : |v| > t}`` by a branch-free binary search over the
+  midpoints (``Gather``/``Greater``/``Where``, no ``levels x size`` tensor);
+  then ``Gather(levels) * alpha * sign(v)``. Thresholds are exact midpoints
+  of the float32 levels, rounded down to float32, so ``|v| > t`` is decided
+  as in exact arithmetic and a tie goes to the smaller magnitude.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import onnx
+import torch
+from onnx import TensorProto, helper
+
+from . import op_rules
+from .graph import Graph, consumers, describe, module_path, producers, prune
+from .verify import QuantizerRecord
+
+# (ONNX type, numpy type, lowest, highest) of the integer types Q/DQ may use.
+_INT8 = (TensorProto.INT8, np.int8, -128, 127)
+_UINT8 = (TensorProto.UINT8, np.uint8, 0, 255)
+_INT16 = (TensorProto.INT16, np.int16, -(1 << 15), (1 << 15) - 1)
+_UINT16 = (TensorProto.UINT16, np.uint16, 0, (1 << 16) - 1)
+
+Step = tuple[np.ndarray, "int | None"]  # quantization step of an output, per tensor or along an axis
+
+
+class _Emitter:
+    """Appends nodes that inherit the metadata (module path) of the node they replace."""
+
+    def __init__(self, g: Graph, origin: onnx.NodeProto) -> None:
+        self.g, self.origin, self.nodes = g, origin, []
+
+    def __call__(self, op_type: str, inputs: list[str], output: str | None = None, **attrs) -> str:
+        out = output or self.g.fresh(f"{self.origin.output[0]}_{op_type.lower()}")
+        node = helper.make_node(op_type, inputs, [out], name=self.g.fresh(f"{self.origin.name}/{op_type}"), **attrs)
+        node.metadata_props.extend(self.origin.metadata_props)
+        self.nodes.append(node)
+        return out
+
+    def const(self, hint: str, value: np.ndarray) -> str:
+        return self.g.add_const(f"{self.origin.output[0]}_{hint}", value)
+
+
+def _attrs(node: onnx.NodeProto) -> dict:
+    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+
+
+def _param(g: Graph, node: onnx.NodeProto, index: int, what: str, positive: bool) -> np.ndarray:
+    """A quantizer parameter, which must be a constant (and, for a scale or
+    alpha, non-empty, finite and > 0: otherwise the quantizer was never calibrated)."""
+    value = g.const(node.input[index])
+    if value is None:
+        raise ValueError(f"{describe(node)}: the quantizer's {what} is computed at run time; export needs it "
+                         "as a constant (freeze the quantizer: qx.convert(model))")
+    if positive and (value.size == 0 or not np.all(np.isfinite(value)) or np.any(value <= 0)):
+        raise ValueError(f"{describe(node)}: quantizer {what} = {value.ravel()[:8].tolist()} is not positive and "
+                         "finite: the quantizer was never calibrated (run qx.calibrate(model, batches) first)")
+    return value
+
+
+def _check_input_type(g: Graph, node: onnx.NodeProto) -> None:
+    """The rules emit float32 scales, thresholds and tables."""
+    for v in list(g.graph.value_info) + list(g.graph.input):
+        if v.name == node.input[0] and v.type.tensor_type.elem_type != TensorProto.FLOAT:
+            name = TensorProto.DataType.Name(v.type.tensor_type.elem_type).lower()
+            raise ValueError(f"{describe(node)}: the quantizer's input is {name}; export takes float32 models "
+                             "(call model.float() first)")
+
+
+def _int_type(node: onnx.NodeProto, qmin: int, qmax: int, opset: int) -> tuple:
+    types = [_UINT8, _INT8] if qmin >= 0 else [_INT8, _UINT8]
+    types += [_UINT16, _INT16] if qmin >= 0 else [_INT16, _UINT16]
+    for t in types[: 4 if opset >= 21 else 2]:
+        if t[2] <= qmin and qmax <= t[3]:
+            return t
+    raise ValueError(f"{describe(node)}: integer range [{qmin}, {qmax}] does not fit an 8-bit type; "
+                     f"16-bit QuantizeLinear needs opset >= 21 (got opset {opset})")
+
+
+def _broadcast_shape(size: int, axis: int | None, rank: int) -> list[int]:
+    """Shape that broadcasts a per-channel vector along ``axis`` of a rank-``rank`` tensor."""
+    return [] if axis is None else [size if d == axis else 1 for d in range(rank)]
+
+
+def _rank(g: Graph, node: onnx.NodeProto, name: str) -> int:
+    if g.const(name) is not None:
+        return g.const(name).ndim
+    for v in list(g.graph.value_info) + list(g.graph.input) + list(g.graph.output):
+        if v.name == name and v.type.tensor_type.HasField("shape"):
+            return len(v.type.tensor_type.shape.dim)
+    raise ValueError(f"{describe(node)}: the rank of a per-channel quantizer's input is unknown")
+
+
+def _along(p: torch.Tensor, axis: int | None, group_size: int, rank: int) -> torch.Tensor:
+    """A quantizer parameter laid out to broadcast against its input."""
+    if axis is None:
+        return p.reshape(())
+    if group_size:  # one value per group of ``group_size`` along ``axis``; the input's rank already
+        return p.repeat_interleave(group_size, dim=axis)
+    return p.reshape(_broadcast_shape(p.numel(), axis, rank))
+
+
+def _uniform_codes(x: np.ndarray, scale: np.ndarray, zp: np.ndarray, a: dict, axis: int | None) -> np.ndarray:
+    """Integer codes of a constant tensor, from the quantext op's own output so
+    they match the PyTorch forward bit for bit: ``q = round(y / s) + z``."""
+    xt, st, zt = torch.from_numpy(x), torch.from_numpy(scale), torch.from_numpy(zp)
+    y = torch.ops.quantext.fake_quant_uniform(xt, st, zt, a["qmin"], a["qmax"], axis, a["group_size"])
+    st, zt = (_along(p, axis, a["group_size"], x.ndim) for p in (st, zt))
+    return (torch.round(y / st) + zt).clamp(a["qmin"], a["qmax"]).numpy()
+
+
+def _lower_uniform(g: Graph, node: onnx.NodeProto, opset: int) -> tuple[list[onnx.NodeProto], Step]:
+    a = _attrs(node)
+    axis = None if a["axis"] == op_rules.PER_TENSOR else a["axis"]
+    _check_input_type(g, node)
+    scale = _param(g, node, 1, "scale", positive=True).astype(np.float32)
+    zp = np.rint(_param(g, node, 2, "zero point", positive=False)).astype(np.int64)
+    if zp.min() < a["qmin"] or zp.max() > a["qmax"]:
+        raise ValueError(f"{describe(node)}: zero point {zp.ravel()[:8].tolist()} is outside "
+                         f"[{a['qmin']}, {a['qmax']}]")
+    itype, ntype, lo, hi = _int_type(node, a["qmin"], a["qmax"], opset)
+    qdq_attrs = {}
+    if axis is None:
+        if scale.size != 1:
+            raise ValueError(f"{describe(node)}: a per-tensor quantizer needs one scale, got {scale.size}")
+        scale, zp = scale.reshape(()), zp.reshape(())
+    elif a["group_size"]:
+        if opset < 21:
+            raise ValueError(f"{describe(node)}: per-group quantization (group_size={a['group_size']}) "
+                             f"exports as blocked QuantizeLinear, which needs opset >= 21 (got {opset})")
+        qdq_attrs = {"axis": axis, "block_size": a["group_size"]}
+    else:
+        scale, zp = scale.reshape(-1), zp.reshape(-1)
+        qdq_attrs = {"axis": axis}
+    emit = _Emitter(g, node)
+    s_name, z_name = emit.const("scale", scale), emit.const("zero_point", zp.astype(ntype))
+    x = g.const(node.input[0])
+    if x is not None:
+        codes = _uniform_codes(x.astype(np.float32), scale, zp.astype(np.int32), a, axis)
+        emit("DequantizeLinear", [emit.const("codes", codes.astype(ntype)), s_name, z_name], node.output[0],
+             **qdq_attrs)
+    else:
+        q = emit("QuantizeLinear", [node.input[0], s_name, z_name], **qdq_attrs)
+        if (a["qmin"], a["qmax"]) != (lo, hi):
+            q = emit("Clip", [q, emit.const("qmin", np.array(a["qmin"], ntype)),
+                              emit.const("qmax", np.array(a["qmax"], ntype))])
+        emit("DequantizeLinear", [q, s_name, z_name], node.output[0], **qdq_attrs)
+    return emit.nodes, (scale.max(), None) if a["group_size"] else (scale, axis)
+
+
+def thresholds(levels: np.ndarray) -> np.ndarray:
+    """Midpoints between neighbouring float32 levels, computed exactly and
+    rounded down to float32: for float32 ``v``, ``v > t32`` iff ``v > t``."""
+    lv = levels.astype(np.float64)
+    mid = (lv[:-1] + lv[1:]) / 2  # exact: float32 values have 24-bit mantissas
+    t32 = mid.astype(np.float32)
+    return np.where(t32.astype(np.float64) > mid, np.nextafter(t32, np.float32(-np.inf)), t32)
+
+
+def _lower_levels(g: Graph, node: onnx.NodeProto, opset: int) -> tuple[list[onnx.NodeProto], Step]:
+    a = _attrs(node)
+    axis = None if a["axis"] == op_rules.PER_TENSOR else a["axis"]
+    _check_input_type(g, node)
+    levels = np.asarray(a["levels"], np.float32)
+    if levels.ndim != 1 or levels.size < 2 or levels[0] != 0 or np.any(np.diff(levels) <= 0):
+        raise ValueError(f"{describe(node)}: levels must ascend from 0, got {levels.tolist()}")
+    alpha = _param(g, node, 1, "alpha", positive=True).astype(np.float32).reshape(-1)
+    if axis is None and alpha.size != 1:
+        raise ValueError(f"{describe(node)}: a per-tensor quantizer needs one alpha, got {alpha.size}")
+    rank = _rank(g, node, node.input[0])
+    alpha_b = alpha.reshape(_broadcast_shape(alpha.size, axis, rank))
+    emit = _Emitter(g, node)
+    alpha_name = emit.const("alpha", alpha_b)
+    x = g.const(node.input[0])
+    if x is not None:
+        v = x.astype(np.float32) / alpha_b
+        # the nearest level (ties to the smaller): the number of thresholds strictly below
+        idx = np.searchsorted(thresholds(levels), np.abs(v) if a["signed"] else v, side="left")
+        if a["signed"]:
+            codes = (np.sign(v) * idx).astype(np.int8)
+            # Gather reads negative indices from the end: code -i finds -levels[i].
+            book = np.concatenate([levels, -levels[:0:-1]])
+        else:
+            codes, book = idx.astype(np.uint8), levels
+        idx_name = emit("Cast", [emit.const("codes", codes)], to=TensorProto.INT32)
+        mag = emit("Gather", [emit.const("codebook", book), idx_name])
+        emit("Mul", [mag, alpha_name], node.output[0])
+    else:
+        v = emit("Div", [node.input[0], alpha_name])
+        mag = emit("Gather", [emit.const("levels", levels), _search(emit, v if not a["signed"] else emit("Abs", [v]),
+                                                                    thresholds(levels))])
+        if a["signed"]:
+            scaled = emit("Mul", [mag, alpha_name])
+            emit("Mul", [scaled, emit("Sign", [v])], node.output[0])
+        else:
+            emit("Mul", [mag, alpha_name], node.output[0])
+    return emit.nodes, (np.diff(levels).max() * alpha, axis)
+
+
+def _search(emit: _Emitter, a: str, t: np.ndarray) -> str:
+    """``#{i : a > t[i]}`` for ascending ``t`` by binary search: ``ceil(log2(n+1))``
+    rounds of Add/Gather/Greater/Where on int64 indices."""
+    rounds = max(1, math.ceil(math.log2(t.size + 1)))
+    # table[c] = t[c-1]; +inf past the end so a candidate there never wins.
+    table = np.full(1 << rounds, np.inf, np.float32)
+    table[1:t.size + 1] = t
+    table[0] = -np.inf
+    step = 1 << (rounds - 1)
+    idx = emit("Where", [emit("Greater", [a, emit.const("t", table[step])]), emit.const("i", np.array(step)),
+                         emit.const("zero", np.array(0))])
+    table_name = emit.const("thresholds", table)
+    while step > 1:
+        step //= 2
+        cand = emit("Add", [idx, emit.const("step", np.array(step))])
+        idx = emit("Where", [emit("Greater", [a, emit("Gather", [table_name, cand])]), cand, idx])
+    return idx
+
+
+_RULES = {op_rules.UNIFORM: _lower_uniform, op_rules.LEVELS: _lower_levels}
+
+
+def _fold_transposed_weights(model: onnx.ModelProto, g: Graph) -> None:
+    """``Transpose(DequantizeLinear(codes))`` -> ``DequantizeLinear(codes^T)`` with
+    the axis moved, so a Linear exported as ``MatMul`` keeps int8 weights."""
+    prod, users = producers(model.graph), consumers(model.graph)
+    for node in model.graph.node:
+        dq = prod.get(node.input[0]) if node.op_type == "Transpose" else None
+        if dq is None or dq.op_type != "DequantizeLinear" or g.const(dq.input[0]) is None:
+            continue
+        if len(users[dq.output[0]]) != 1 or "block_size" in _attrs(dq):
+            continue
+        codes = g.const(dq.input[0])
+        perm = _attrs(node).get("perm", list(range(codes.ndim))[::-1])
+        dq_attrs = _attrs(dq)
+        new_attrs = {}
+        if g.const(dq.input[1]).ndim:  # per axis: the axis moves with the data
+            new_attrs["axis"] = perm.index(dq_attrs.get("axis", 1) % codes.ndim)
+        folded = helper.make_node("DequantizeLinear", [g.add_const(dq.input[0] + "_t", codes.transpose(perm)),
+                                                       *dq.input[1:]], [node.output[0]], name=dq.name + "_t",
+                                  **new_attrs)
+        folded.metadata_props.extend(dq.metadata_props)
+        node.CopyFrom(folded)
+
+
+def _param_key(g: Graph, node: onnx.NodeProto) -> tuple:
+    """What a quantizer computes, apart from its input."""
+    attrs = sorted((k, str(v)) for k, v in _attrs(node).items() if k != "call_index")
+    params = tuple(g.const(n).tobytes() if g.const(n) is not None else n for n in node.input[1:])
+    return node.op_type, tuple(attrs), params
+
+
+def _rename_inputs(model: onnx.ModelProto, alias: dict[str, str]) -> None:
+    for node in model.graph.node:
+        for i, name in enumerate(node.input):
+            node.input[i] = alias.get(name, name)
+    outputs = {o.name for o in model.graph.output}
+    model.graph.node.extend(helper.make_node("Identity", [alias[o]], [o]) for o in outputs & alias.keys())
+
+
+def lower(model: onnx.ModelProto) -> dict[int, QuantizerRecord]:
+    """Replaces every ``quantext`` node of ``model`` by standard operators, in place.
+
+    A quantizer equal to one already lowered (same input and parameters, or
+    applied again to that one's output) is dropped and its users read the
+    first one's output: no duplicated Q/DQ pairs.
+
+    Returns:
+        For each quantizer, by ``call_index``: the tensor holding its output,
+        the module that called it and the quantization step of that output.
+    """
+    opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+    g = Graph(model.graph)
+    nodes, record, alias = [], {}, {}
+    kept: dict[tuple, str] = {}  # (input, param key) -> output
+    key_of: dict[str, tuple] = {}  # output -> param key
+    step_of: dict[str, Step] = {}
+    graph_outputs = {o.name for o in model.graph.output}
+    for node in model.graph.node:
+        if node.domain != op_rules.DOMAIN:
+            nodes.append(node)
+            continue
+        x, out, key = alias.get(node.input[0], node.input[0]), node.output[0], _param_key(g, node)
+        same = kept.get((x, key)) or (x if key_of.get(x) == key else None)
+        if same is not None:
+            alias[out] = same
+        else:
+            replacement, step_of[out] = _RULES[node.op_type](g, node, opset)
+            nodes.extend(replacement)
+            kept[(x, key)], key_of[out] = out, key
+        tensor = alias.get(out, out)
+        step, axis = step_of[tensor]
+        if out in graph_outputs:  # kept as a graph output (through an Identity when aliased)
+            tensor = out
+        record[_attrs(node)["call_index"]] = QuantizerRecord(
+            tensor, module_path(node), np.asarray(step).ravel().tolist(), axis,
+            uniform=node.op_type == op_rules.UNIFORM and not _attrs(node)["group_size"])
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    _rename_inputs(model, alias)
+    _fold_transposed_weights(model, g)
+    for imp in [o for o in model.opset_import if o.domain == op_rules.DOMAIN]:
+        model.opset_import.remove(imp)
+    prune(model)
+    return record
