@@ -7,7 +7,11 @@ calibration, BN-folded QAT modules and ONNX export.
 
 from ._ops import ops
 from .functional import fake_quant_uniform, set_value_checks, uniform_bounds
+from . import calibration
+from .calibration import aciq_ratio, compute_clip, histogram, magnitude_histogram
+from .histogram_observer import HistogramObserver
 
 __version__ = "0.1.0"
 
 __all__ = ["ops", "fake_quant_uniform", "uniform_bounds", "set_value_checks", "__version__"]
+__all__ += ["calibration", "histogram", "magnitude_histogram", "compute_clip", "aciq_ratio", "HistogramObserver"]
