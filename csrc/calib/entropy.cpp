@@ -1,11 +1,13 @@
-// KL calibration. The TensorRT variant is evaluated in closed form: with P and
-// Q both normalized by the total count N (folding the tail keeps P's mass at
-// N, and each group of Q keeps its mass),
-//   N * KL(P||Q) = sum_j P_j ln P_j - sum_g S_g ln(S_g / n_g)
-// where S_g is the mass and n_g the number of non-empty bins of group g. For
-// every i in [levels * k, levels * (k + 1)) the groups are k bins wide and only
-// the last group depends on i, so one pass of prefix sums and O(levels) logs
-// per group width replace the O(i) work per candidate of the published loops.
+// KL calibration. The TensorRT variant is evaluated in closed form. P (the
+// first i bins, tail T folded into bin i-1) is normalized by the total N; Q
+// (the same i bins before folding, mass M = N - T, merged into groups and
+// spread over the bins where P is non-empty) by M. With S_g the unfolded
+// mass and n_g the non-empty bins of group g (the last group's P mass being
+// S_last + T):
+//   KL(P||Q) = (sum_j P_j ln P_j - sum_g P(g) ln(S_g / n_g)) / N + ln(M / N).
+// For every i in [levels * k, levels * (k + 1)) the groups are k bins wide and
+// only the last group depends on i, so prefix sums and O(levels) logs per
+// group width replace the O(i) work per candidate of the published loops.
 #include "calib/entropy.h"
 
 #include <cmath>
@@ -14,6 +16,8 @@
 namespace quantext {
 namespace calib {
 namespace {
+
+constexpr double kInf = std::numeric_limits<double>::infinity();
 
 double xlogx(double x) { return x > 0 ? x * std::log(x) : 0.0; }
 // S ln(S / n) of a group with mass S over n non-empty bins (0 when empty).
@@ -41,16 +45,23 @@ SearchResult tensorrt(const double* h, int64_t bins, double width, int64_t level
       }
     }
     const int64_t last = (levels - 1) * k;
-    const double p_last = h[i - 1] + (total - mass[i]);
+    const double tail = total - mass[i];
+    const double p_last = h[i - 1] + tail;
+    const double s_last = mass[i] - mass[last];
     const double n_last = nonempty[i - 1] - nonempty[last] + (p_last > 0 ? 1 : 0);
-    const double kl = (plogp[i - 1] + xlogx(p_last) - fixed - group_term(total - mass[last], n_last)) / total;
+    double kl = kInf;  // tail mass where Q has none (the last group is empty before folding)
+    if (s_last > 0 || tail == 0) {
+      const double last_term = s_last > 0 ? (s_last + tail) * std::log(s_last / n_last) : 0.0;
+      kl = (plogp[i - 1] + xlogx(p_last) - fixed - last_term) / total + std::log(mass[i] / total);
+    }
     r.curve[i] = kl;
     if (kl < best) {
       best = kl;
       best_i = i;
     }
   }
-  r.clip = (best_i + 0.5) * width;
+  // Every candidate infinite (tail mass beyond empty bins): keep the whole range.
+  r.clip = best_i < 0 ? bins * width : (best_i + 0.5) * width;
   return r;
 }
 

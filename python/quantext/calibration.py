@@ -280,6 +280,8 @@ def compute_clip(data: torch.Tensor, method: str | None = None, spec: QuantSpec 
         return data.compute_range(spec, **options)
     if not isinstance(data, torch.Tensor):
         raise TypeError(f"data must be a tensor or a HistogramObserver, got {type(data).__name__}")
-    observer = HistogramObserver(axis=spec.per_channel_axis, bins=bins, **options).to(data.device)
+    if data.numel() == 0:
+        raise ValueError(f"data is empty (shape {tuple(data.shape)}): there is nothing to calibrate")
+    observer = HistogramObserver(axis=spec.per_channel_axis, bins=bins).to(data.device)
     observer(data)
-    return observer.compute_range(spec)
+    return observer.compute_range(spec, **options)
