@@ -35,9 +35,10 @@ QTX_HOST_DEVICE int64_t bin_of(double v, const BinMap& m) {
 template <bool kMagnitude>
 QTX_HOST_DEVICE int64_t slot_of(double v, const BinMap& m) {
   if constexpr (kMagnitude) {
-    const bool negative = v < 0;
-    const int64_t b = bin_of(negative ? -v : v, m);
-    return b < 0 ? -1 : (negative ? b : m.bins + b);
+    // Arithmetic rather than branches on the sign, which random data would mispredict.
+    const int64_t non_negative = !(v < 0);
+    const int64_t b = bin_of(::fabs(v), m);
+    return b < 0 ? -1 : b + non_negative * m.bins;
   } else {
     return bin_of(v, m);
   }
