@@ -198,9 +198,10 @@ APOT_LEVELS = {  # DESIGN 2.3, normalized magnitudes
 
 
 def nearest_level_quant(x: torch.Tensor, alpha: float, levels: torch.Tensor) -> torch.Tensor:
-    """Slow reference: sign(x) * alpha * (the level nearest to min(|x| / alpha, 1))."""
+    """Reference: sign(x) * alpha * (the level nearest to min(|x| / alpha, 1)), ties to the smaller level
+    (found among the midpoints of the sorted table)."""
     v = (x.double().abs() / alpha).clamp(max=1.0)
-    idx = (v[:, None] - levels[None, :]).abs().argmin(1)
+    idx = torch.bucketize(v, (levels[1:] + levels[:-1]) / 2)
     return torch.sign(x.double()) * alpha * levels[idx]
 
 
@@ -247,13 +248,13 @@ def _spec_and_quant(scheme: str, bits: int):
 @pytest.mark.parametrize("scheme,bits", [("uniform", 4), ("uniform", 6), ("pot", 4), ("apot", 3), ("apot", 4),
                                          ("apot", 5)])
 def test_mse_beats_max_and_percentile_on_laplace(scheme, bits):
-    x = sample("laplace", seed=22, n=300_000)
+    x = sample("laplace", seed=22, n=100_000)
     spec, quant, table = _spec_and_quant(scheme, bits)
     error = {m: chunked_mse(x, quant(qx.compute_clip(x, m, spec, levels=table)[1].item()))
              for m in ("max", "percentile", "mse")}
     assert error["mse"] < error["max"] and error["mse"] < error["percentile"], error
     # And it is close to the best clip found by brute force on the data itself.
-    grid = np.linspace(0.02, 1.0, 99) * x.abs().max().item()
+    grid = np.linspace(0.02, 0.8, 80) * x.abs().max().item()
     brute = min(chunked_mse(x, quant(a)) for a in grid)
     assert error["mse"] <= brute * 1.01
 
