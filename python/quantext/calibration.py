@@ -20,12 +20,20 @@ only the values ``>= 0``):
 - ``entropy``: TensorRT's KL search (or PPQ's, ``kl_variant="ppq"``) over
   ``2^(bits-1)`` levels (``2^bits`` unsigned, as NVIDIA's pytorch-quantization
   does). The threshold of ``i`` bins is ``(i + 0.5) * bin_width`` (TensorRT's
-  convention; PPQ: ``i * bin_width``).
+  convention; PPQ: ``i * bin_width``). With as many levels as bins (above 12
+  bits at 2048 bins) there is nothing to merge and the method returns ``max``.
+  TensorRT builds its histogram over ``[0, max|x|]``; the observer's range is
+  a power of two (see :mod:`quantext.histogram_observer`), so the data fill
+  1024 to 2048 of its bins and the first candidate (128 bins) can be up to
+  ``max|x| / 8`` instead of ``max|x| / 16``. For TensorRT's exact histogram of
+  one tensor: ``ops.calib_entropy(magnitude_histogram(x, 2048, x.abs().max()).sum(0), x.abs().max())``.
 - ``aciq``: ``|mean| + ratio(bits) * spread`` with the Banner et al. ratio for a
   Laplace (``spread = b = E|x - mean|``) or Gaussian (``spread = std``) prior.
   ``aciq_sigma="tengine"`` estimates the Gaussian sigma from the absolute
   maximum and the count instead: ``sigma = 2 * absmax * 0.175 * (1 + sqrt(pi
-  ln 4)) / sqrt(2 ln N)``.
+  ln 4)) / sqrt(2 ln N)``. The ratios model a uniform grid (also used for
+  PoT/APoT). ``std`` comes from float64 running sums (precise unless
+  ``|mean| >> std``); ``b`` from the histogram read as piecewise uniform.
 
 An asymmetric (uniform) spec gets ``[lo, hi]`` with ``lo <= 0 <= hi``:
 ``max`` the data range; ``percentile`` the ``(100 - p)``-th and ``p``-th
@@ -180,6 +188,16 @@ def _aciq_alpha(stats: HistogramStats, spec: QuantSpec, prior: str, sigma: str, 
     return aciq_ratio(spec.bits, prior) * spread
 
 
+def _entropy_clip(mag: torch.Tensor, amax: torch.Tensor, level_bits: int, opts: dict,
+                  top: torch.Tensor) -> torch.Tensor:
+    """KL threshold over 2^level_bits levels; ``top`` when the grid has as many levels as the
+    histogram has candidate bins (nothing to merge: no clipping)."""
+    levels = 1 << level_bits
+    if max(levels, opts["kl_start_bin"] if opts["kl_variant"] == "tensorrt" else 0) >= mag.shape[-1]:
+        return top
+    return ops.calib_entropy(mag, amax, levels, opts["kl_start_bin"], opts["kl_variant"])[0]
+
+
 def _symmetric_alpha(stats: HistogramStats, spec: QuantSpec, opts: dict) -> tuple[torch.Tensor, torch.Tensor]:
     """(alpha, data top) of a symmetric spec."""
     if spec.signed:
@@ -198,8 +216,7 @@ def _symmetric_alpha(stats: HistogramStats, spec: QuantSpec, opts: dict) -> tupl
         levels = opts["levels"] if opts["levels"] is not None else magnitude_levels(spec)
         alpha = ops.calib_mse(mag, stats.amax, levels)[0]
     else:
-        levels = 1 << (spec.bits - 1 + (0 if spec.signed else 1))
-        alpha = ops.calib_entropy(mag, stats.amax, levels, opts["kl_start_bin"], opts["kl_variant"])[0]
+        alpha = _entropy_clip(mag, stats.amax, spec.bits - 1 + (0 if spec.signed else 1), opts, top)
     return torch.where(empty, 0.0, alpha), top
 
 
@@ -224,8 +241,7 @@ def _affine_range(stats: HistogramStats, spec: QuantSpec, opts: dict) -> tuple[t
         qmin, qmax = uniform_bounds(spec.bits, spec.signed, spec.narrow_range)
         lo, hi = ops.calib_mse_affine(stats.signed_hist(), -stats.amax, stats.amax, qmin, qmax)
     elif method == "entropy":
-        t = ops.calib_entropy(stats.hist.sum(1), stats.amax, 1 << (spec.bits - 1), opts["kl_start_bin"],
-                              opts["kl_variant"])[0]
+        t = _entropy_clip(stats.hist.sum(1), stats.amax, spec.bits - 1, opts, torch.maximum(-data_lo, data_hi))
         lo, hi = -t, t
     else:
         alpha = _aciq_alpha(stats, spec, opts["aciq_prior"], opts["aciq_sigma"],

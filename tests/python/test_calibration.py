@@ -174,6 +174,15 @@ def test_kl_keeps_about_the_max_of_uniform_data():
     assert hi.item() > 0.9 * x.abs().max().item()
 
 
+@pytest.mark.parametrize("spec", [QuantSpec(bits=16), QuantSpec(bits=13, signed=False),
+                                  QuantSpec(bits=16, symmetric=False, signed=False)])
+def test_kl_without_candidates_keeps_the_max(spec):
+    # 2^(bits-1) levels >= 2048 bins: nothing to merge.
+    x = sample("laplace", seed=16, n=10_000)
+    lo, hi = qx.compute_clip(x, "entropy", spec)
+    assert hi.item() == (x.abs().max() if spec.symmetric else x.max()).item()
+
+
 def test_kl_per_channel_rows_are_independent():
     hs = torch.stack([abs_hist(sample(n, seed=15, n=100_000))[0] for n in ("laplace", "uniform", "gaussian")])
     amax = torch.tensor([3.0, 1.0, 5.0])
