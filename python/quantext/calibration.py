@@ -264,10 +264,10 @@ def range_from_stats(stats: HistogramStats, spec: QuantSpec, *, kl_variant: str 
     _check_option("kl_variant", kl_variant, KL_VARIANTS)
     _check_option("aciq_prior", aciq_prior, ACIQ_PRIORS)
     _check_option("aciq_sigma", aciq_sigma, ACIQ_SIGMAS)
-    empty = (stats.count == 0).nonzero()
-    if len(empty):
-        raise ValueError(f"no finite values were observed{'' if stats.count.numel() == 1 else ' in channel '}"
-                         f"{'' if stats.count.numel() == 1 else int(empty[0])}: cannot compute a range")
+    empty = (stats.count == 0).nonzero().flatten().tolist()
+    if empty:
+        where = "" if stats.count.numel() == 1 else f" in channel {empty[0]}"
+        raise ValueError(f"no finite values were observed{where}: cannot compute a range")
     opts = {"kl_variant": kl_variant, "kl_start_bin": kl_start_bin, "aciq_prior": aciq_prior,
             "aciq_sigma": aciq_sigma, "levels": levels}
     if spec.symmetric:
