@@ -14,6 +14,9 @@ from .qat import calibrate, disable_quant, enable_quant, freeze_bn, quantizers
 from .spec import QConfig, QuantSpec
 from . import export
 from .export import export_onnx
+from . import calibration
+from .calibration import aciq_ratio, compute_clip, histogram, magnitude_histogram
+from .histogram_observer import HistogramObserver
 
 __version__ = "0.1.0"
 
@@ -21,3 +24,4 @@ __all__ = ["ops", "fake_quant_uniform", "uniform_bounds", "set_value_checks", "_
 __all__ += ["nn", "QuantSpec", "QConfig", "prepare_qat", "calibrate", "freeze_bn", "convert", "enable_quant",
             "disable_quant", "quantizers"]
 __all__ += ["export", "export_onnx"]
+__all__ += ["calibration", "histogram", "magnitude_histogram", "compute_clip", "aciq_ratio", "HistogramObserver"]

@@ -47,6 +47,15 @@ class Observer(nn.Module):
     def _squeeze(self, t: torch.Tensor) -> torch.Tensor:
         return t.reshape(()) if self.axis is None else t
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # Statistics start empty and take their shape from the data: take the
+        # saved shapes so that a loaded observer is usable.
+        for name, buf in self._buffers.items():
+            saved = state_dict.get(prefix + name)
+            if buf is not None and saved is not None and saved.shape != buf.shape:
+                self._buffers[name] = torch.empty(saved.shape, dtype=buf.dtype, device=buf.device)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
 
 class MinMaxObserver(Observer):
     """Running min / max (``averaging_constant=None``) or their moving average."""
@@ -109,12 +118,6 @@ class MinMaxObserver(Observer):
             dist.all_reduce(self.min_val, op=dist.ReduceOp.MIN, group=group)
             dist.all_reduce(self.max_val, op=dist.ReduceOp.MAX, group=group)
 
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        # Statistics start empty; take the saved shape so a loaded observer is usable.
-        for name in ("min_val", "max_val"):
-            if prefix + name in state_dict:
-                setattr(self, name, torch.empty_like(state_dict[prefix + name]))
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
 def make_observer(spec: QuantSpec) -> Observer:
