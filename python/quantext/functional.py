@@ -10,6 +10,9 @@ from . import _C
 from ._ops import ops
 
 
+# A pure function of Python scalars: dynamo evaluates it while tracing instead
+# of breaking the graph at the native call.
+@torch.compiler.assume_constant_result
 def uniform_bounds(bits: int, signed: bool, narrow_range: bool = False) -> tuple[int, int]:
     """Integer range ``(qmin, qmax)`` of a ``bits``-wide uniform grid (2..16 bits).
 
