@@ -22,6 +22,11 @@ struct VecPolicy {
   static Mask in_range(V v, V lo, V hi) { return (v >= lo) & (v <= hi); }
   static Mask either(Mask a, Mask b) { return a | b; }
   static V select(Mask m, V a, V b) { return V::blendv(b, a, m); }
+  static V abs(V v) { return v.abs(); }
+  // Lane-wise table[index] (a hardware gather) for integral-valued indices.
+  static V lookup(const T* table, V index) {
+    return at::vec::gather<sizeof(T)>(table, at::vec::convert_to_int_of_same_size(index));
+  }
 };
 
 }  // namespace cpu
