@@ -68,8 +68,8 @@ LevelSpec parse_level_spec(const char* op, c10::string_view scheme, int64_t bits
     TORCH_CHECK_VALUE(scheme == "pot", op, ": scheme must be 'pot' or 'apot', got '", scheme, "'");
   }
   const int64_t min_bits = is_signed ? 2 : 1;
-  TORCH_CHECK_VALUE(bits >= min_bits && bits <= 8, op, ": bits must be in [", min_bits, ", 8] for a ",
-                    is_signed ? "signed" : "unsigned", " grid, got ", bits);
+  TORCH_CHECK_VALUE(bits >= min_bits && bits <= 8, op, ": bits must be in [", min_bits, ", 8] for ",
+                    is_signed ? "a signed" : "an unsigned", " grid, got ", bits);
   TORCH_CHECK_VALUE(k >= 1 && k <= 8, op, ": k must be in [1, 8], got ", k);
   if (rounding == "log") {
     TORCH_CHECK_VALUE(spec.scheme == LevelScheme::PoT, op, ": rounding='log' is only defined for scheme 'pot', got '",

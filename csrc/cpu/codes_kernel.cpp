@@ -48,9 +48,9 @@ at::Tensor quantize_uniform_cpu(const at::Tensor& x, const at::Tensor& scale, co
 
 at::Tensor dequantize_uniform_cpu(const at::Tensor& codes, const at::Tensor& scale, const at::Tensor& zero_point,
                                   std::optional<int64_t> axis, int64_t group_size) {
-  const auto [lo, hi] = code_dtype_range(codes.scalar_type());
-  const auto a =
-      prepare_uniform("quantext.dequantize_uniform", codes, scale, zero_point, lo, hi, axis, group_size, true);
+  const char* op = "quantext.dequantize_uniform";
+  const auto [lo, hi] = code_dtype_range(op, codes);
+  const auto a = prepare_uniform(op, codes, scale, zero_point, lo, hi, axis, group_size, true);
   at::Tensor y = at::empty_like(a.c.x, a.c.x.options().dtype(scale.scalar_type()));
   dispatch_codes(codes, a.scale, [&](auto c_tag, auto s_tag) {
     using code_t = decltype(c_tag);
