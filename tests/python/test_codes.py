@@ -81,17 +81,19 @@ def test_roundtrip_is_fake_quant(case, dtype):
 
 @pytest.mark.parametrize("scheme", ["pot", "apot"])
 @pytest.mark.parametrize("bits,signed", [(4, True), (8, True), (3, False), (8, False)])
-def test_level_code_format(scheme, bits, signed):
+def test_level_code_format(device, scheme, bits, signed):
     x = sample((3, 500), 4)
     alpha = torch.tensor([0.5, 1.0, 2.0])
-    codes = ops.quantize_levels(x, alpha, scheme, bits, signed, 2, "nearest", 0)
+    codes = ops.quantize_levels(x.to(device), alpha.to(device), scheme, bits, signed, 2, "nearest", 0).cpu()
     assert codes.dtype == (torch.int8 if signed else torch.uint8)
     assert torch.equal(codes, ref.codes(x, alpha, scheme, bits, signed, axis=0))
     # sign * index into the ascending magnitude table, times alpha.
     b = ref.magnitude_bits(bits, signed)
     mags = qx.levels(scheme, b, signed=False).float()
     value = torch.sign(codes.float()) * mags[codes.long().abs()] * alpha[:, None]
-    assert torch.equal(ops.dequantize_levels(codes, alpha, scheme, bits, signed, 2, 0), value)
+    y = ops.dequantize_levels(codes.to(device), alpha.to(device), scheme, bits, signed, 2, 0)
+    assert torch.equal(y.cpu(), value)
+    assert torch.equal(y, ops.fake_quant_levels(x.to(device), alpha.to(device), scheme, bits, signed, 2, "nearest", 0))
 
 
 def test_log_rounding_codes():
@@ -103,39 +105,40 @@ def test_log_rounding_codes():
                        qx.functional.fake_quant_levels(x, alpha, "pot", 5, True, rounding="log"))
 
 
-def test_nan_codes():
-    x = torch.tensor([math.nan, 1.0])
-    assert ops.quantize_uniform(x, torch.tensor(0.1), torch.tensor(5), 0, 255).tolist() == [5, 10 + 5]
-    assert ops.quantize_levels(x, torch.tensor(1.0), "apot", 4, True).tolist() == [0, 7]
+def test_nan_codes(device):
+    x = torch.tensor([math.nan, 1.0], device=device)
+    one = torch.tensor(1.0, device=device)
+    assert ops.quantize_uniform(x, one / 10, torch.tensor(5, device=device), 0, 255).tolist() == [5, 10 + 5]
+    assert ops.quantize_levels(x, one, "apot", 4, True).tolist() == [0, 7]
 
 
-def test_float64_roundtrip_and_layouts():
-    x = sample((2, 5, 4, 3), 3, torch.float64).contiguous(memory_format=torch.channels_last)
-    alpha = torch.tensor([1.0, 2.0, 0.5, 3.0, 1.5], dtype=torch.float64)
+def test_float64_roundtrip_and_layouts(device):
+    x = sample((2, 5, 4, 3), 3, torch.float64).contiguous(memory_format=torch.channels_last).to(device)
+    alpha = torch.tensor([1.0, 2.0, 0.5, 3.0, 1.5], dtype=torch.float64, device=device)
     codes = ops.quantize_levels(x, alpha, "apot", 6, True, 2, "nearest", 1)
     assert codes.is_contiguous(memory_format=torch.channels_last)
     y = ops.dequantize_levels(codes, alpha, "apot", 6, True, 2, 1)
     assert y.dtype == torch.float64 and y.is_contiguous(memory_format=torch.channels_last)
     assert torch.equal(y, ops.fake_quant_levels(x, alpha, "apot", 6, True, 2, "nearest", 1))
     t = x[:, :, ::2].transpose(0, 3)  # non-contiguous
-    s = torch.tensor([0.1, 0.2, 0.3, 0.4, 0.5], dtype=torch.float64)
-    z = torch.zeros(5, dtype=torch.int32)
+    s = torch.tensor([0.1, 0.2, 0.3, 0.4, 0.5], dtype=torch.float64, device=device)
+    z = torch.zeros(5, dtype=torch.int32, device=device)
     codes = ops.quantize_uniform(t, s, z, -8, 7, 1)
     assert torch.equal(ops.dequantize_uniform(codes, s, z, 1), ops.fake_quant_uniform(t, s, z, -8, 7, 1))
     # per group along the last axis
-    g = torch.rand(2, 5, 4, 1, dtype=torch.float64) + 0.1
+    g = torch.rand(2, 5, 4, 1, dtype=torch.float64, device=device) + 0.1
     codes = ops.quantize_uniform(x, g, torch.zeros_like(g), -8, 7, 3, 3)
     assert torch.equal(ops.dequantize_uniform(codes, g, torch.zeros_like(g), 3, 3),
                        ops.fake_quant_uniform(x, g, torch.zeros_like(g), -8, 7, 3, 3))
 
 
-def test_empty():
-    x = torch.empty(0, 4)
-    codes = ops.quantize_levels(x, torch.ones(4), "pot", 4, False, 2, "nearest", 1)
+def test_empty(device):
+    x = torch.empty(0, 4, device=device)
+    ones, one, zero = torch.ones(4, device=device), torch.tensor(1.0, device=device), torch.tensor(0, device=device)
+    codes = ops.quantize_levels(x, ones, "pot", 4, False, 2, "nearest", 1)
     assert codes.shape == (0, 4) and codes.dtype == torch.uint8
-    assert ops.dequantize_levels(codes, torch.ones(4), "pot", 4, False, 2, 1).shape == (0, 4)
-    assert ops.dequantize_uniform(ops.quantize_uniform(x, torch.tensor(1.0), torch.tensor(0), -8, 7),
-                                  torch.tensor(1.0), torch.tensor(0)).shape == (0, 4)
+    assert ops.dequantize_levels(codes, ones, "pot", 4, False, 2, 1).shape == (0, 4)
+    assert ops.dequantize_uniform(ops.quantize_uniform(x, one, zero, -8, 7), one, zero).shape == (0, 4)
 
 
 @pytest.mark.parametrize("call,error,match", [

@@ -4,6 +4,7 @@ reference formulas, parameter gradients by gradcheck where the straight-through
 estimator is the true derivative."""
 
 import math
+from fractions import Fraction
 
 import pytest
 import torch
@@ -25,10 +26,23 @@ def grids():
 
 
 def sample(shape, seed, dtype=torch.float32, spread=1.5):
-    """Gaussian values plus exact levels, midpoints and clip-range edges."""
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(shape, generator=g, dtype=torch.float64) * spread
     return x.to(dtype)
+
+
+def with_specials(x, alpha, axis, scheme, bits, signed, k, seed):
+    """Replace about a third of x by alpha times a level, a midpoint between
+    levels (a tie, exact when alpha is a power of two) or a clip edge, with
+    random signs."""
+    levels = ref.magnitudes(scheme, ref.magnitude_bits(bits, signed), k)
+    special = torch.tensor([float(v) for v in levels + [(a + b) / 2 for a, b in zip(levels, levels[1:])]]
+                           + [1.0, 1.0 + 2 ** -20, 0.0])
+    g = torch.Generator().manual_seed(seed + 2)
+    pick = special[torch.randint(len(special), x.shape, generator=g)]
+    pick = pick * torch.where(torch.rand(x.shape, generator=g) < 0.5, -1.0, 1.0)
+    a = alpha if axis is None else alpha.reshape([-1 if d == axis else 1 for d in range(x.dim())])
+    return torch.where(torch.rand(x.shape, generator=g) < 0.35, (pick * a).to(x.dtype), x)
 
 
 def alpha_for(x, axis, seed):
@@ -46,38 +60,43 @@ def assert_same(a, b):
 
 @settings(derandomize=True, max_examples=60, deadline=None)
 @given(grid=grids(), shape=st.lists(st.integers(1, 9), min_size=1, max_size=4), per_channel=st.booleans(),
-       seed=st.integers(0, 2 ** 16))
-def test_forward_matches_nearest_level(grid, shape, per_channel, seed):
+       pow2_alpha=st.booleans(), seed=st.integers(0, 2 ** 16))
+def test_forward_matches_nearest_level(grid, shape, per_channel, pow2_alpha, seed):
     scheme, bits, signed, k = grid
-    x = sample(shape, seed)
     axis = (seed % len(shape)) if per_channel else None
+    x = sample(shape, seed)
     alpha = alpha_for(x, axis, seed)
+    if pow2_alpha:
+        alpha = torch.exp2(torch.round(torch.log2(alpha)))
+    x = with_specials(x, alpha, axis, scheme, bits, signed, k, seed)
     y = fake_quant_levels(x, alpha, scheme, bits, signed, k, axis=axis)
     assert_same(y, ref.fake_quant(x, alpha, scheme, bits, signed, k, axis=axis))
 
 
 @pytest.mark.parametrize("scheme,bits,signed", [("pot", 4, True), ("apot", 5, True), ("apot", 8, False),
                                                 ("pot", 8, False), ("apot", 3, False)])
-def test_forward_large_and_float64(scheme, bits, signed):
-    # Big enough for the SIMD body, both searches (scan up to 128 levels,
+def test_forward_large_and_float64(device, scheme, bits, signed):
+    # Big enough for the SIMD body, both CPU searches (scan up to 128 levels,
     # binary above) and the multi-threaded chunks.
     for dtype in (torch.float32, torch.float64):
         x = sample((70001,), 3, dtype, spread=0.7)
         alpha = torch.tensor(1.3, dtype=dtype)
-        y = fake_quant_levels(x, alpha, scheme, bits, signed)
-        assert_same(y, ref.fake_quant(x, alpha, scheme, bits, signed))
+        y = fake_quant_levels(x.to(device), alpha.to(device), scheme, bits, signed)
+        assert_same(y.cpu(), ref.fake_quant(x, alpha, scheme, bits, signed))
 
 
 @pytest.mark.parametrize("scheme", SCHEMES)
 @pytest.mark.parametrize("bits", [2, 4, 8])
-def test_ties_go_to_smaller_magnitude(scheme, bits):
-    mags = ref.magnitude_tensor(scheme, bits - 1)
-    mids = ref.midpoints(mags)
-    exact = mids[mids == mids.float().double()].float()  # representable midpoints
-    assert len(exact) > 0
+def test_ties_go_to_smaller_magnitude(device, scheme, bits):
+    # Midpoints that float32 holds exactly (for APoT also some between
+    # non-dyadic levels, e.g. 1/32 between 1/48 and 1/24) go down.
+    levels = ref.magnitudes(scheme, bits - 1)
+    ties = [(lo + hi) / 2 for lo, hi in zip(levels, levels[1:])]
+    pairs = [(float(lo), float(t)) for lo, t in zip(levels, ties) if Fraction(float(torch.tensor(float(t)))) == t]
+    assert len(pairs) > 0
+    below, exact = (torch.tensor(v) for v in zip(*pairs))
     x = torch.cat([exact, -exact])
-    y = fake_quant_levels(x, torch.tensor(1.0), scheme, bits, True)  # alpha = 1: v == x exactly
-    below = mags[torch.searchsorted(mags, exact.double()) - 1].float()
+    y = fake_quant_levels(x.to(device), torch.tensor(1.0, device=device), scheme, bits, True).cpu()  # v == x
     assert torch.equal(y, torch.cat([below, -below]))
 
 
@@ -119,9 +138,10 @@ def test_nearest_has_lower_mse_than_log(bits):
 
 @pytest.mark.parametrize("scheme", SCHEMES)
 @pytest.mark.parametrize("signed", [True, False])
-def test_special_values(scheme, signed):
-    x = torch.tensor([math.nan, math.inf, -math.inf, 0.0, -0.0, 1e30, -1e30, 1e-30], requires_grad=True)
-    alpha = torch.tensor(2.0, requires_grad=True)
+def test_special_values(device, scheme, signed):
+    x = torch.tensor([math.nan, math.inf, -math.inf, 0.0, -0.0, 1e30, -1e30, 1e-30], device=device,
+                     requires_grad=True)
+    alpha = torch.tensor(2.0, device=device, requires_grad=True)
     y = fake_quant_levels(x, alpha, scheme, 4, signed)
     low = -2.0 if signed else 0.0
     assert math.isnan(y[0].item())
@@ -134,33 +154,34 @@ def test_special_values(scheme, signed):
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
 @pytest.mark.parametrize("scheme", SCHEMES)
-def test_dtypes(dtype, scheme):
+def test_dtypes(device, dtype, scheme):
     x = sample((5, 301), 5, dtype)
     alpha = torch.tensor([1.0, 2.0, 0.5, 3.0, 1.5], dtype=torch.float64 if dtype == torch.float64 else torch.float32)
-    y = fake_quant_levels(x, alpha, scheme, 5, True, axis=0)
+    y = fake_quant_levels(x.to(device), alpha.to(device), scheme, 5, True, axis=0).cpu()
     assert_same(y, ref.fake_quant(x, alpha, scheme, 5, True, axis=0))
 
 
 @pytest.mark.parametrize("axis", [None, 0, 1, 3, -1])
-def test_layouts(axis):
+def test_layouts(device, axis):
     x = sample((4, 6, 5, 7), 9).contiguous(memory_format=torch.channels_last)
     alpha = alpha_for(x, axis, 2)
-    y = fake_quant_levels(x, alpha, "apot", 4, True, axis=axis)
+    y = fake_quant_levels(x.to(device), alpha.to(device), "apot", 4, True, axis=axis)
     assert y.is_contiguous(memory_format=torch.channels_last)
-    assert_same(y, ref.fake_quant(x, alpha, "apot", 4, True, axis=axis))
+    assert_same(y.cpu(), ref.fake_quant(x, alpha, "apot", 4, True, axis=axis))
     t = sample((7, 12), 9)[:, ::2].t()  # non-contiguous, non-dense
-    a_t = alpha_for(t, 0 if axis is not None else None, 3)
     ax = 0 if axis is not None else None
-    assert_same(fake_quant_levels(t, a_t, "pot", 3, False, axis=ax), ref.fake_quant(t, a_t, "pot", 3, False, axis=ax))
+    a_t = alpha_for(t, ax, 3)
+    y = fake_quant_levels(t.to(device), a_t.to(device), "pot", 3, False, axis=ax)
+    assert_same(y.cpu(), ref.fake_quant(t, a_t, "pot", 3, False, axis=ax))
 
 
-def test_empty():
-    x = torch.empty(0, 3, requires_grad=True)
-    alpha = torch.ones(3, requires_grad=True)
+def test_empty(device):
+    x = torch.empty(0, 3, device=device, requires_grad=True)
+    alpha = torch.ones(3, device=device, requires_grad=True)
     y = fake_quant_levels(x, alpha, "apot", 4, True, axis=1)
     assert y.shape == (0, 3)
     y.sum().backward()
-    assert x.grad.shape == (0, 3) and torch.equal(alpha.grad, torch.zeros(3))
+    assert x.grad.shape == (0, 3) and torch.equal(alpha.grad.cpu(), torch.zeros(3))
 
 
 @settings(derandomize=True, max_examples=40, deadline=None)
@@ -170,9 +191,11 @@ def test_backward_matches_reference(grid, shape, per_channel, rounding, seed):
     scheme, bits, signed, k = grid
     if rounding == "log":
         scheme = "pot"
-    x = sample(shape, seed, spread=2.0).requires_grad_()
     axis = (seed % len(shape)) if per_channel else None
-    alpha = alpha_for(x, axis, seed).requires_grad_()
+    x = sample(shape, seed, spread=2.0)
+    alpha = alpha_for(x, axis, seed)
+    x = with_specials(x, alpha, axis, scheme, bits, signed, k, seed).requires_grad_()
+    alpha.requires_grad_()
     dy = sample(shape, seed + 5)
     y = fake_quant_levels(x, alpha, scheme, bits, signed, k, rounding, axis, grad_factor=0.5)
     dx, dalpha = torch.autograd.grad(y, (x, alpha), dy)
@@ -181,16 +204,18 @@ def test_backward_matches_reference(grid, shape, per_channel, rounding, seed):
     torch.testing.assert_close(dalpha.double(), 0.5 * ref_dalpha, rtol=1e-5, atol=1e-5)
 
 
-def test_backward_large_threaded():
-    x = sample((3, 50000), 1).requires_grad_()
-    alpha = torch.tensor([0.5, 1.0, 2.0], requires_grad=True)
-    dy = sample((3, 50000), 2)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_backward_large(device, dtype):
+    x = sample((3, 50000), 1, dtype)
+    alpha = torch.tensor([0.5, 1.0, 2.0])
+    dy = sample((3, 50000), 2, dtype)
+    xd, ad = x.to(device).requires_grad_(), alpha.to(device).requires_grad_()
     for scheme, bits in (("apot", 4), ("pot", 8)):
-        y = fake_quant_levels(x, alpha, scheme, bits, False, axis=0)
-        dx, dalpha = torch.autograd.grad(y, (x, alpha), dy)
-        ref_dx, ref_dalpha = ref.grads(dy, x.detach(), alpha.detach(), scheme, bits, False, axis=0)
-        assert torch.equal(dx, ref_dx)
-        torch.testing.assert_close(dalpha.double(), ref_dalpha, rtol=1e-5, atol=1e-3)
+        y = fake_quant_levels(xd, ad, scheme, bits, False, axis=0)
+        dx, dalpha = torch.autograd.grad(y, (xd, ad), dy.to(device))
+        ref_dx, ref_dalpha = ref.grads(dy, x, alpha, scheme, bits, False, axis=0)
+        assert torch.equal(dx.cpu(), ref_dx)
+        torch.testing.assert_close(dalpha.double().cpu(), ref_dalpha, rtol=1e-5, atol=1e-3)
 
 
 @pytest.mark.parametrize("scheme", SCHEMES)
