@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
+import time
 
 import torch
 
@@ -44,37 +46,57 @@ def fwd_bwd(f, grad, inputs):
     return run
 
 
+def interleaved_medians(fns: dict, repeats: int, warmup: int = 2) -> dict:
+    """Median seconds of each function, timed in rounds that call every
+    function once, so that load from other processes hits all alike and the
+    ratios stay meaningful on a shared machine."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
 def measure(n: int, repeats: int) -> list[list[object]]:
     x = torch.randn(n) * 0.7
     g = torch.randn(n)
     xg = x.clone().requires_grad_()
     scale = torch.tensor([0.15], requires_grad=True)
     zero = torch.zeros(1, dtype=torch.int32)
-    with torch.no_grad():
-        t_uni_f = median_seconds(lambda: qx.fake_quant_uniform(x, scale, zero, -8, 7), repeats)
-    t_uni = median_seconds(fwd_bwd(lambda: qx.fake_quant_uniform(xg, scale, zero, -8, 7), g, (xg, scale)), repeats)
-    rows = [[f"{n:.0e}", "uniform", 4, t_uni_f * 1e3, t_uni * 1e3, 16 * n / t_uni / 1e9, 1.0, "-"]]
+    alpha = torch.tensor(1.2, requires_grad=True)
+    fns = {("uniform", 4, "fwd"): lambda: qx.fake_quant_uniform(x, scale.detach(), zero, -8, 7),
+           ("uniform", 4, "fwd+bwd"): fwd_bwd(lambda: qx.fake_quant_uniform(xg, scale, zero, -8, 7), g, (xg, scale))}
     for scheme, bits in GRIDS:
-        alpha = torch.tensor(1.2, requires_grad=True)
-        with torch.no_grad():
-            t_f = median_seconds(lambda: fake_quant_levels(x, alpha, scheme, bits, True), repeats)
-        t = median_seconds(fwd_bwd(lambda: fake_quant_levels(xg, alpha, scheme, bits, True), g, (xg, alpha)),
-                           repeats)
+        fns[(scheme, bits, "fwd")] = (lambda s=scheme, b=bits: fake_quant_levels(x, alpha.detach(), s, b, True))
+        fns[(scheme, bits, "fwd+bwd")] = fwd_bwd(lambda s=scheme, b=bits: fake_quant_levels(xg, alpha, s, b, True),
+                                                 g, (xg, alpha))
+    t = interleaved_medians(fns, repeats)
+    # Timed apart: its N x levels temporaries would disturb the others.
+    for scheme, bits in GRIDS:
         levels = qx.levels(scheme, bits - 1, signed=False).float()
         if n * len(levels) <= MAX_COMPOSITION_FLOATS:
-            t_ref = median_seconds(fwd_bwd(lambda: apot_reference(xg, alpha, levels), g, (xg, alpha)),
-                                   max(3, repeats // 3))
-            speedup = t_ref / t
-        else:
-            speedup = "skipped (N x levels too large)"
-        rows.append([f"{n:.0e}", scheme, bits, t_f * 1e3, t * 1e3, 16 * n / t / 1e9, t / t_uni, speedup])
+            t[(scheme, bits, "composition")] = median_seconds(
+                fwd_bwd(lambda: apot_reference(xg, alpha, levels), g, (xg, alpha)), max(3, repeats // 3))
+    uniform = t[("uniform", 4, "fwd+bwd")]
+    rows = []
+    for scheme, bits in [("uniform", 4)] + GRIDS:
+        both = t[(scheme, bits, "fwd+bwd")]
+        composition = t.get((scheme, bits, "composition"))
+        rows.append([f"{n:.0e}", scheme, bits, t[(scheme, bits, "fwd")] * 1e3, both * 1e3, 16 * n / both / 1e9,
+                     both / uniform, "-" if scheme == "uniform" else
+                     (composition / both if composition else "skipped (N x levels too large)")])
     return rows
 
 
 def run(quick: bool = False, full: bool = False) -> str:
     rows = []
     for n in sizes(quick, full):
-        rows += measure(n, 25 if n <= 10**6 else 5)
+        rows += measure(n, 21 if n <= 10**6 else 7)
     table = markdown_table(["elements", "scheme", "bits (signed)", "fwd ms", "fwd+bwd ms", "fwd+bwd GB/s",
                             "fwd+bwd / uniform", "composition / quantext"], rows)
     return f"PoT / APoT fake quant, CPU ({machine()})\n\n{table}\n"
