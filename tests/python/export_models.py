@@ -18,6 +18,7 @@ import torch
 from onnx import numpy_helper
 from torch import nn
 from torchvision.models import mobilenet_v2, resnet18
+from torchvision.models.resnet import BasicBlock, ResNet
 
 import quantext as qx
 from quantext.export.graph import consumers, producers
@@ -47,7 +48,10 @@ MODELS = {
     "mlp3d": (MLP, (2, 7, 12), ("a", "c")),
     "resnet18": (lambda: resnet18(num_classes=10), (2, 3, 32, 32), ("conv1.conv", "fc")),
     "mobilenet_v2": (lambda: mobilenet_v2(num_classes=10), (2, 3, 32, 32), ("features.0.0", "classifier.1")),
+    # one BasicBlock per stage: residual adds and downsampling at half ResNet-18's export time
+    "resnet10": (lambda: ResNet(BasicBlock, [1, 1, 1, 1], num_classes=10), (2, 3, 32, 32), ("conv1.conv", "fc")),
 }
+QAT_MODELS = ("cnn", "mlp", "mlp3d", "resnet18", "mobilenet_v2")  # the models every export test runs
 
 
 @torch.no_grad()

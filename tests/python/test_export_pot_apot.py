@@ -1,38 +1,48 @@
-"""PoT/APoT export: integer weight codes + codebook, the standard-operator
-composition for activations, bit-exact against a slow PyTorch reference."""
+"""PoT/APoT export: quantext's fake_quant_levels as integer weight codes + a
+codebook and as a standard-operator composition for activations, bit-exact
+against the op and the slow nearest-level reference; QAT models with PoT/APoT
+quantizers verified in ONNX Runtime; an op registered by the user."""
 
 from __future__ import annotations
+
+from fractions import Fraction
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+import schemes_reference as ref
 import torch
-from export_standins import APOT_LEVELS, LevelsQuantizer, QuantConv2d, calibrate, levels_reference, pot_levels
-from export_standins import quantize
+from export_models import assert_qdq_structure, qat_model
 from onnx import numpy_helper
-from test_export_onnx import MODELS, assert_qdq_structure, build
 from torch import nn
 
 import quantext as qx
-from quantext.export import level_table
-from quantext.export.graph import producers
-from quantext.export.qdq_rules import thresholds
+from quantext.export import LevelsArgs, level_table, register_levels_op
+from quantext.export.graph import module_path, producers
+from quantext.export.op_rules import thresholds
+from quantext.spec import QuantSpec
 
-TABLES = {
-    "pot4s": (pot_levels(4, True), True),
-    "pot4u": (pot_levels(4, False), False),
-    "pot8s": (pot_levels(8, True), True),  # 128 magnitudes: 7 search rounds
-    "apot2s": (APOT_LEVELS[2], True),
-    "apot3u": (APOT_LEVELS[3], False),
-    "apot4s": (APOT_LEVELS[4], True),
-    "apot4u": (APOT_LEVELS[4], False),
+# (scheme, bits, signed): B = bits - 1 magnitude bits when signed, bits when unsigned
+GRIDS = {
+    "pot4s": ("pot", 4, True),
+    "pot4u": ("pot", 4, False),
+    "pot8s": ("pot", 8, True),  # 128 magnitudes: 7 search rounds
+    "apot3s": ("apot", 3, True),  # B = 2
+    "apot3u": ("apot", 3, False),
+    "apot5s": ("apot", 5, True),  # B = 4: 1/48, 1/12, 2/3, ... are not float32 numbers
+    "apot4u": ("apot", 4, False),
 }
 
 
 def run(path, x: torch.Tensor) -> np.ndarray:
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     return session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+
+
+def reference(x: torch.Tensor, q: qx.nn.Quantizer) -> np.ndarray:
+    s = q.spec
+    return ref.fake_quant(x, q.alpha, s.scheme, s.bits, s.signed, s.k, axis=s.per_channel_axis).numpy()
 
 
 class Only(nn.Module):
@@ -44,10 +54,11 @@ class Only(nn.Module):
         return self.q(x)
 
 
-def edge_inputs(levels: list[float], alpha: float, rng: np.random.Generator) -> torch.Tensor:
+def edge_inputs(scheme: str, bits: int, signed: bool, alpha: float, rng: np.random.Generator) -> torch.Tensor:
     """Midpoints (exact ties when alpha is a power of two) and their float32
-    neighbours, the clip points, infinities, zeros, and random values."""
-    t = np.concatenate([thresholds(np.asarray(levels, np.float32)), np.asarray(levels, np.float32)]) * np.float32(alpha)
+    neighbours, levels, the clip points, infinities, zeros, and random values."""
+    levels = level_table(scheme, bits, signed)
+    t = np.concatenate([thresholds(levels), levels.astype(np.float32)]) * np.float32(alpha)
     near = np.concatenate([t, np.nextafter(t, np.float32(np.inf)), np.nextafter(t, np.float32(-np.inf))])
     special = np.array([0.0, -0.0, np.inf, -np.inf, 3e38, -3e38, 1e-38, alpha * 1.5], np.float32)
     rand = (rng.standard_normal(20000) * alpha * rng.choice([0.01, 0.3, 1.0, 3.0], 20000)).astype(np.float32)
@@ -55,37 +66,37 @@ def edge_inputs(levels: list[float], alpha: float, rng: np.random.Generator) -> 
 
 
 @pytest.mark.parametrize("alpha", [0.5, 0.7321])
-@pytest.mark.parametrize("table", list(TABLES))
-def test_activation_composition_matches_reference_bit_for_bit(tmp_path, table, alpha):
-    levels, signed = TABLES[table]
-    q = LevelsQuantizer(levels, signed)
-    q.alpha.fill_(alpha)
-    x = edge_inputs(levels, alpha, np.random.default_rng(0))
+@pytest.mark.parametrize("grid", list(GRIDS))
+def test_activation_composition_matches_op_and_reference_bit_for_bit(tmp_path, grid, alpha):
+    scheme, bits, signed = GRIDS[grid]
+    q = qx.nn.Quantizer(QuantSpec(scheme=scheme, bits=bits, signed=signed)).set_qparams(alpha=torch.tensor(alpha))
+    x = edge_inputs(scheme, bits, signed, alpha, np.random.default_rng(0))
     path = qx.export_onnx(Only(q), x, tmp_path / "q.onnx", verify=False)
     ops = {n.op_type for n in onnx.load(path).graph.node}
     assert ops <= {"Div", "Abs", "Greater", "Where", "Add", "Gather", "Mul", "Sign"}
-    np.testing.assert_array_equal(run(path, x), levels_reference(x, q.alpha, levels, signed).numpy())
+    got = run(path, x)
+    np.testing.assert_array_equal(got, reference(x, q))
+    np.testing.assert_array_equal(got, q(x).numpy())
 
 
 def test_per_channel_activation_alpha(tmp_path):
-    levels = APOT_LEVELS[4]
-    q = LevelsQuantizer(levels, True, channels=3)
-    q.alpha.copy_(torch.tensor([0.5, 1.25, 3.0]))
+    q = qx.nn.Quantizer(QuantSpec(scheme="apot", bits=5, granularity="channel", axis=0))
+    q.set_qparams(alpha=torch.tensor([0.5, 1.25, 3.0]))
     x = torch.randn(3, 4, 5, generator=torch.Generator().manual_seed(1)) * 2
     path = qx.export_onnx(Only(q), x, tmp_path / "q.onnx", verify=False)
-    np.testing.assert_array_equal(run(path, x), levels_reference(x, q.alpha, levels, True, 0).numpy())
+    np.testing.assert_array_equal(run(path, x), reference(x, q))
 
 
-@pytest.mark.parametrize("table", ["pot4s", "apot4s", "apot3u"])
-def test_weights_are_integer_codes_with_a_codebook(tmp_path, table):
-    levels, signed = TABLES[table]
-    torch.manual_seed(0)
-    conv = QuantConv2d(3, 6, 3)
-    conv.weight_quantizer, conv.input_quantizer = LevelsQuantizer(levels, signed, channels=6), None
+@pytest.mark.parametrize("grid", ["pot4s", "apot5s", "apot3u"])
+def test_weights_are_integer_codes_with_a_codebook(tmp_path, grid):
+    scheme, bits, signed = GRIDS[grid]
+    spec = QuantSpec(scheme=scheme, bits=bits, signed=signed, granularity="channel")
+    conv = qx.nn.QuantConv2d.from_float(nn.Conv2d(3, 6, 3), qx.QConfig(weight=spec, activation=None))
     if not signed:  # an unsigned grid: negative weights go to 0, large ones to the top
         conv.weight.data.add_(0.05)
-    conv.weight_quantizer.calibrate_from(conv.weight)
-    path = qx.export_onnx(conv, torch.randn(2, 3, 8, 8), tmp_path / "w.onnx")  # verify=True
+    x = torch.randn(2, 3, 8, 8)
+    qx.calibrate(conv, [x], progress=False)
+    path = qx.export_onnx(qx.convert(conv), x, tmp_path / "w.onnx")  # verify=True
     graph = onnx.load(path).graph
     consts = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
     prod = producers(graph)
@@ -94,47 +105,91 @@ def test_weights_are_integer_codes_with_a_codebook(tmp_path, table):
     cast = prod[gather.input[1]]
     assert (mul.op_type, gather.op_type, cast.op_type) == ("Mul", "Gather", "Cast")
     codes, book, alpha = consts[cast.input[0]], consts[gather.input[0]], consts[mul.input[1]]
-    n = len(levels)
-    assert codes.dtype == (np.int8 if signed else np.uint8) and codes.shape == tuple(conv.weight.shape)
-    assert alpha.shape == (6, 1, 1, 1) and len(book) == (2 * n - 1 if signed else n)
-    assert codes.min() >= -(n - 1) and codes.max() <= n - 1
+    n = len(level_table(scheme, bits, signed))
+    assert codes.shape == tuple(conv.weight.shape) and alpha.shape == (6, 1, 1, 1)
+    assert len(book) == (2 * n - 1 if signed else n)
+    q = conv.weight_quantizer
+    # quantext's own integer codes (sign * level index), and the reference's values
+    np.testing.assert_array_equal(codes, qx.quantize(conv.weight.detach(), spec, alpha=q.alpha).numpy())
     decoded = book[codes.astype(np.int64)] * alpha  # Gather semantics: negative codes index from the end
-    ref = levels_reference(conv.weight.detach(), conv.weight_quantizer.alpha, levels, signed, 0)
-    np.testing.assert_array_equal(decoded, ref.numpy())
+    np.testing.assert_array_equal(decoded, reference(conv.weight.detach(), q))
 
 
-@pytest.mark.parametrize("name", ["cnn", "mlp3d", "resnet18"])
-def test_models_with_pot_and_apot_verify(tmp_path, name):
-    specs = dict(weight=TABLES["pot4s"], act=TABLES["apot4u"], first_act=TABLES["apot4s"], add_act=TABLES["pot4s"])
-    model, x = build(name, **specs)
+POT_W = QuantSpec(scheme="pot", bits=4, granularity="channel")
+APOT_A = QuantSpec(scheme="apot", bits=5, calibration="max")
+
+
+@pytest.mark.parametrize("name,qconfig,first_last_bits", [
+    ("cnn", qx.QConfig(POT_W.replace(weight_norm=True), APOT_A), None),  # the APoT paper's normalized weights
+    ("mlp3d", qx.QConfig(POT_W, APOT_A), None),
+    ("resnet10", qx.QConfig(POT_W, APOT_A), 8),  # PoT/APoT inside, uniform int8 first and last layers
+])
+def test_qat_models_with_pot_and_apot_verify(tmp_path, name, qconfig, first_last_bits):
+    model, x = qat_model(name, qconfig, steps=1, first_last_bits=first_last_bits)
     proto = onnx.load(qx.export_onnx(model, x, tmp_path / "m.onnx"))  # verify=True, teacher-forced
-    assert_qdq_structure(proto)  # (no Q/DQ at all here)
+    assert_qdq_structure(proto)
     onnx.checker.check_model(proto, full_check=True)
-    codes = [t for t in proto.graph.initializer if t.data_type == onnx.TensorProto.INT8]
-    assert len(codes) == sum(isinstance(m, (nn.Conv2d, nn.Linear)) for m in model.modules())
+    layers = {n for n, m in model.named_modules() if isinstance(m, (qx.nn.QuantConv2d, qx.nn.QuantLinear))
+              and m.weight_quantizer.spec.scheme == "pot"}
+    coded = {module_path(n) for n in proto.graph.node if n.op_type == "Cast"}  # the codes' Cast before Gather
+    assert layers and coded == {f"{layer}.weight_quantizer" for layer in layers}
+    uniform = any(n.op_type == "QuantizeLinear" for n in proto.graph.node)
+    assert uniform == (first_last_bits is not None)
 
 
-def test_uncalibrated_alpha_is_refused(tmp_path):
-    model = quantize(MODELS["cnn"][0](), weight=TABLES["pot4s"], act=TABLES["pot4u"], first_act=TABLES["pot4s"])
-    calibrate(model, torch.randn(2, 3, 16, 16))
-    model[2].input_quantizer.alpha.zero_()
-    with pytest.raises(ValueError, match=r"module '2\.input_quantizer': quantizer alpha = \[0\.0\] is not positive"):
-        qx.export_onnx(model, torch.randn(2, 3, 16, 16), tmp_path / "m.onnx")
+def test_uncalibrated_alpha_and_log_rounding_are_refused(tmp_path):
+    qconfig = qx.QConfig(POT_W, QuantSpec(scheme="pot", bits=4, signed=False))
+    model, x = qat_model("cnn", qconfig, steps=0, first_last_bits=None)
+    model.get_submodule("3.conv.input_quantizer").alpha.zero_()
+    with pytest.raises(ValueError, match=r"module '3\.conv\.input_quantizer': quantizer alpha = \[0\.0\] is not "
+                                         r"positive"):
+        qx.export_onnx(model, x, tmp_path / "m.onnx")
+    q = qx.nn.Quantizer(QuantSpec(scheme="pot", bits=4, rounding="log")).set_qparams(alpha=torch.tensor(1.0))
+    with pytest.raises(ValueError, match=r"module 'q' \(Quantizer\): export of scheme='pot' with rounding='log' "
+                                         r"is not supported"):
+        qx.export_onnx(Only(q), torch.randn(8), tmp_path / "m.onnx")
 
 
-def test_thresholds_decide_as_exact_midpoints():
-    levels = np.asarray(APOT_LEVELS[4], np.float32)  # 1/48, 1/12, 2/3, ...: midpoints round in float32
-    exact = (levels[:-1].astype(np.float64) + levels[1:]) / 2
-    t = thresholds(levels)
+@pytest.mark.parametrize("scheme,bits", [("pot", 5), ("apot", 5), ("apot", 6), ("apot", 8)])
+def test_thresholds_decide_as_exact_midpoints(scheme, bits):
+    exact = ref.magnitudes(scheme, bits - 1)
+    mid = [(a + b) / 2 for a, b in zip(exact, exact[1:])]
+    t = thresholds(level_table(scheme, bits, True))
     for v in np.concatenate([t, np.nextafter(t, np.float32(1)), np.nextafter(t, np.float32(0))]):
-        np.testing.assert_array_equal(v > t, np.float64(v) > exact)
+        assert (v > t).tolist() == [Fraction(float(v)) > m for m in mid]
 
 
-def test_level_table_source():
-    if hasattr(qx, "levels") or hasattr(torch.ops.quantext, "levels"):
-        np.testing.assert_array_equal(level_table("pot", 4, True), np.float32(pot_levels(4, True)))
-        np.testing.assert_allclose(level_table("apot", 4, False), APOT_LEVELS[4], rtol=1e-7)
-        np.testing.assert_allclose(level_table("apot", 5, True), APOT_LEVELS[4], rtol=1e-7)
-    else:
-        with pytest.raises(RuntimeError, match="needs quantext.levels"):
-            level_table("pot", 4, True)
+def test_level_table():
+    np.testing.assert_array_equal(level_table("pot", 4, True), ref.magnitude_tensor("pot", 3).numpy())
+    np.testing.assert_array_equal(level_table("apot", 4, False), ref.magnitude_tensor("apot", 4).numpy())
+    np.testing.assert_array_equal(level_table("apot", 5, True), ref.magnitude_tensor("apot", 4).numpy())
+
+
+# A level-table op of the user's, taught to the exporter with register_levels_op.
+torch.library.define("quantext_test::fake_quant_table",
+                     "(Tensor x, Tensor alpha, float[] levels, bool signed) -> Tensor")
+
+
+@torch.library.impl("quantext_test::fake_quant_table", "CompositeExplicitAutograd")
+def _fake_quant_table(x, alpha, levels, signed):
+    mags = torch.tensor(levels, dtype=torch.float64)
+    v = x / alpha
+    a = v.abs().clamp(max=1) if signed else v.clamp(0, 1)
+    y = mags[(a.double().unsqueeze(-1) - mags).abs().argmin(-1)].float() * alpha  # first minimum: the smaller
+    return y * torch.sign(v) if signed else y
+
+
+torch.library.register_fake("quantext_test::fake_quant_table")(lambda x, alpha, levels, signed: torch.empty_like(x))
+register_levels_op(torch.ops.quantext_test.fake_quant_table.default,
+                   lambda a: LevelsArgs(a["x"], a["alpha"], a["levels"], a["signed"], None))
+
+
+class TableQuant(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.quantext_test.fake_quant_table(x, torch.tensor(0.8), [0.0, 0.1, 0.35, 1.0], True)
+
+
+def test_registered_levels_op(tmp_path):
+    x = torch.randn(64, generator=torch.Generator().manual_seed(2))
+    path = qx.export_onnx(TableQuant(), x, tmp_path / "t.onnx")  # verify=True
+    np.testing.assert_array_equal(run(path, x), TableQuant()(x).numpy())

@@ -9,9 +9,8 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from export_standins import INT8_ACT, Quantizer
+from export_models import QAT_MODELS, exported
 from onnx import TensorProto, helper, numpy_helper
-from test_export_onnx import A4, ASYM, MODELS, U8_ACT, W4, Net, build, int8_export
 from torch import nn
 
 import quantext as qx
@@ -19,40 +18,46 @@ from quantext.export import check_tensorrt_rules
 from quantext.spec import QuantSpec
 
 
-def exported(tmp_path, model: nn.Module, x: torch.Tensor) -> str:
+def exported_with(tmp_path, model: nn.Module, x: torch.Tensor) -> str:
+    """``model`` with its quantizers calibrated on ``x``, exported."""
+    qx.calibrate(model, [x], progress=False)
     return qx.export_onnx(model, x, tmp_path / "m.onnx", verify=False)
 
 
-@pytest.mark.parametrize("name", list(MODELS))
+@pytest.mark.parametrize("name", QAT_MODELS)
 def test_int8_symmetric_exports_pass(name):
-    assert check_tensorrt_rules(int8_export(name)[3]) == []
+    assert check_tensorrt_rules(exported(name, 8)[3]) == []
 
 
-@pytest.mark.parametrize("specs,message", [
-    (dict(act=U8_ACT, first_act=INT8_ACT), r"QuantizeLinear .* of module '2\.input_quantizer': integer type uint8"),
-    (dict(act=ASYM), r"of module '0\.input_quantizer': zero point \[-?\d+\] != 0"),
-    (dict(weight=W4, act=A4), r"DequantizeLinear .* of module '0\.input_quantizer': reads a Clip of a QuantizeLinear"),
+@pytest.mark.parametrize("bits,backend,message", [
+    (8, "onnxruntime", r"QuantizeLinear .* of module '3\.conv\.input_quantizer': integer type uint8"),
+    (8, "onnxruntime", r"QuantizeLinear .* of module '0\.conv\.input_quantizer': zero point \[\d+\] != 0"),
+    (4, "tensorrt", r"DequantizeLinear .* of module '3\.conv\.input_quantizer': reads a Clip of a QuantizeLinear"),
 ])
-def test_types_zero_points_and_narrow_ranges_are_flagged(tmp_path, specs, message):
-    issues = check_tensorrt_rules(exported(tmp_path, *build("cnn", **specs)))
+def test_types_zero_points_and_narrow_ranges_are_flagged(bits, backend, message):
+    issues = check_tensorrt_rules(exported("cnn", bits, backend)[3])
     assert any(re.search(message, i) for i in issues), issues
 
 
+class Net(nn.Module):
+    def __init__(self, *layers: nn.Module) -> None:
+        super().__init__()
+        self.body = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+
 def test_per_channel_activation_is_flagged(tmp_path):
-    q = Quantizer(QuantSpec(bits=8, granularity="channel", axis=1), channels=4)
+    q = qx.nn.Quantizer(QuantSpec(bits=8, granularity="channel", axis=1, calibration="max"))
     model = Net(nn.Conv2d(3, 4, 3), q, nn.Conv2d(4, 4, 1))
-    x = torch.randn(2, 3, 8, 8)
-    q.calibrate_from(model.body[0](x))
-    issues = check_tensorrt_rules(exported(tmp_path, model, x))
+    issues = check_tensorrt_rules(exported_with(tmp_path, model, torch.randn(2, 3, 8, 8)))
     assert len(issues) == 2 and all("'body.1': per-channel quantization of an activation" in i for i in issues)
 
 
 def test_qdq_between_conv_and_relu_is_flagged(tmp_path):
-    q = Quantizer(INT8_ACT)
-    model = Net(nn.Conv2d(3, 4, 3), q, nn.ReLU())
-    x = torch.randn(2, 3, 8, 8)
-    q.calibrate_from(model.body[0](x))
-    issues = check_tensorrt_rules(exported(tmp_path, model, x))
+    model = Net(nn.Conv2d(3, 4, 3), qx.nn.Quantizer(QuantSpec(bits=8)), nn.ReLU())
+    issues = check_tensorrt_rules(exported_with(tmp_path, model, torch.randn(2, 3, 8, 8)))
     assert len(issues) == 1 and "of module 'body.1': Q/DQ between Conv and its activation blocks" in issues[0]
 
 
@@ -62,16 +67,14 @@ class Residual(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.conv = nn.Conv2d(3, 3, 3, padding=1)
-        self.add_quantizer = Quantizer(INT8_ACT)
+        self.add_quantizer = qx.nn.Quantizer(QuantSpec(bits=8))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.add_quantizer(self.conv(x)) + x
 
 
 def test_residual_add_with_one_unquantized_input_is_flagged(tmp_path):
-    model, x = Net(Residual()), torch.randn(2, 3, 8, 8)
-    model.body[0].add_quantizer.calibrate_from(model.body[0].conv(x))
-    issues = check_tensorrt_rules(exported(tmp_path, model, x))
+    issues = check_tensorrt_rules(exported_with(tmp_path, Net(Residual()), torch.randn(2, 3, 8, 8)))
     assert len(issues) == 1 and re.search(r"Add .* of module 'body\.0': input\(s\) \['.*'\] not quantized", issues[0])
 
 

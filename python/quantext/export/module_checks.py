@@ -1,7 +1,7 @@
 """The exporter's only knowledge of quantext's modules, duck-typed: a model
-that still holds BatchNorm or a quantizer flagged as never calibrated is
-refused before tracing, with the module's path. Everything else is read from
-the ops in the traced graph."""
+that still holds BatchNorm or an enabled quantizer flagged as never calibrated
+is refused before tracing, with the module's path. Everything else is read
+from the ops in the traced graph."""
 
 from __future__ import annotations
 
@@ -22,6 +22,8 @@ def check_modules(model: nn.Module) -> None:
                                  f"('{path}'): call qx.convert(model) to fold it into the weights before export")
             raise ValueError(f"module '{path}' ({type(module).__name__}) is not folded: call qx.convert(model) "
                              "(it folds BatchNorm into the preceding convolution) before export")
-        if isinstance(getattr(module, "spec", None), QuantSpec) and getattr(module, "calibrated", True) is False:
+        # (a disabled quantizer returns its input: it is not exported)
+        if isinstance(getattr(module, "spec", None), QuantSpec) and getattr(module, "calibrated", True) is False \
+                and getattr(module, "enabled", True):
             raise ValueError(f"quantizer '{path}' was never calibrated: run qx.calibrate(model, batches) "
                              "(or load a calibrated state_dict) before export")

@@ -34,13 +34,14 @@ def check_onnxruntime_rules(model: str | os.PathLike | onnx.ModelProto) -> list[
         x_dq, w_dq = (prod.get(name) for name in node.input[:2])
         if not all(getattr(dq, "op_type", None) == "DequantizeLinear" for dq in (x_dq, w_dq)):
             continue
-        x_scale, w_scale = g.const(x_dq.input[1]), g.const(w_dq.input[1])
-        if x_scale is None or w_scale is None or x_scale.size != 1:
+        x_scale, w_scale, bias = g.const(x_dq.input[1]), g.const(w_dq.input[1]), g.const(node.input[2])
+        # per tensor or per output channel (blocked weights are not rewritten)
+        if x_scale is None or w_scale is None or x_scale.size != 1 or w_scale.size not in (1, bias.size):
             continue
-        steps = np.abs(g.const(node.input[2]).astype(np.float64)) / (float(x_scale) * w_scale.astype(np.float64))
+        steps = np.abs(bias.astype(np.float64)) / (float(x_scale) * w_scale.astype(np.float64).reshape(-1))
         if steps.max() > INT32_MAX:
             issues.append(f"{node.op_type} '{node.name}' of {describe(node)}: bias up to "
-                          f"{np.abs(g.const(node.input[2])).max():.3g} is {steps.max():.3g} steps of input scale "
+                          f"{np.abs(bias).max():.3g} is {steps.max():.3g} steps of input scale "
                           f"{float(x_scale):.3g} x weight scale, beyond int32: ONNX Runtime saturates it when it "
                           "quantizes the bias (is the input quantizer's scale calibrated on representative data?)")
     return issues

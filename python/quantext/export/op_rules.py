@@ -18,6 +18,8 @@ import onnx
 import torch
 from onnx.defs import OpSchema
 
+from ..schemes import levels
+
 DOMAIN = "quantext"
 UNIFORM = "FakeQuantUniform"
 LEVELS = "FakeQuantLevels"
@@ -34,7 +36,8 @@ class LevelsArgs:
     Attributes:
         x: the input (a symbolic tensor during export).
         alpha: clipping value, one element or one per index of ``axis``.
-        levels: normalized magnitudes, ascending, from 0 to 1.
+        levels: normalized magnitudes, ascending, from 0 to 1, as exact as the
+            op has them (float64): rounding switches at their midpoints.
         signed: the levels are mirrored to negative values.
         axis: ``None`` per tensor, else the axis of a per-channel ``alpha``.
     """
@@ -51,7 +54,8 @@ _LEVELS_OPS: dict[torch._ops.OpOverload, LevelsAdapter] = {}
 
 
 def register_levels_op(op: torch._ops.OpOverload, adapter: LevelsAdapter) -> None:
-    """Teaches the exporter a fake-quant op that rounds to a table of levels.
+    """Teaches the exporter a fake-quant op that rounds to a table of levels
+    (quantext's own ``fake_quant_levels`` is known already).
 
     Args:
         op: the op overload, e.g. ``torch.ops.mylib.fake_quant_pot.default``.
@@ -64,35 +68,30 @@ def register_levels_op(op: torch._ops.OpOverload, adapter: LevelsAdapter) -> Non
 
 
 def level_table(scheme: str, bits: int, signed: bool, k: int = 2) -> np.ndarray:
-    """Normalized magnitude levels of a PoT/APoT grid, ascending from 0 to 1.
-
-    The only place the exporter asks quantext for level tables: it accepts a
-    table with or without the mirrored negative half.
-    """
-    import quantext
-
-    if hasattr(quantext, "levels"):
-        table = quantext.levels(scheme, bits, signed=signed, k=k)
-    elif hasattr(torch.ops.quantext, "levels"):
-        table = torch.ops.quantext.levels(scheme, bits, signed, k)
-    else:
-        raise RuntimeError(f"exporting scheme={scheme!r} needs quantext.levels (the PoT/APoT level tables), "
-                           "which this build of quantext does not have")
-    return np.unique(np.abs(np.asarray(torch.as_tensor(table, dtype=torch.float32))))
+    """Normalized magnitude levels of a quantext PoT/APoT grid, float64,
+    ascending from 0 to 1 (``quantext.levels`` without the negative half)."""
+    table = levels(scheme, bits, signed=bool(signed), k=k).numpy()
+    return table[table >= 0]
 
 
-def _scheme_adapter(scheme: str) -> LevelsAdapter:
-    """Reads quantext's own PoT/APoT ops by argument name: x, alpha, bits,
-    signed, axis and, where present, k and rounding."""
+def thresholds(levels: np.ndarray) -> np.ndarray:
+    """The rounding thresholds of a level table, float32: the midpoints between
+    neighbouring float64 levels rounded down, so that for a float32 ``v``,
+    ``v > t`` exactly when ``v`` lies above the midpoint (quantext's kernels
+    build theirs the same way)."""
+    lv = np.asarray(levels, np.float64)
+    mid = (lv[:-1] + lv[1:]) / 2
+    t32 = mid.astype(np.float32)
+    return np.where(t32.astype(np.float64) > mid, np.nextafter(t32, np.float32(-np.inf)), t32)
 
-    def adapt(a: dict[str, Any]) -> LevelsArgs:
-        if a.get("rounding", "nearest") != "nearest":
-            raise ValueError(f"export of {scheme} with rounding={a['rounding']!r} is not supported: "
-                             "only rounding='nearest' has an exact ONNX composition")
-        table = level_table(scheme, a["bits"], a["signed"], a.get("k", 2))
-        return LevelsArgs(a["x"], a["alpha"], table, bool(a["signed"]), a.get("axis"))
 
-    return adapt
+def _quantext_levels(a: dict[str, Any]) -> LevelsArgs:
+    """Reads ``quantext::fake_quant_levels(x, alpha, scheme, bits, signed, k, rounding, axis, grad_factor)``."""
+    if a["rounding"] != "nearest":
+        raise ValueError(f"export of scheme={a['scheme']!r} with rounding={a['rounding']!r} is not supported: "
+                         "only rounding='nearest' has an exact ONNX composition")
+    table = level_table(a["scheme"], a["bits"], a["signed"], a["k"])
+    return LevelsArgs(a["x"], a["alpha"], table, bool(a["signed"]), a["axis"])
 
 
 def bind(op: torch._ops.OpOverload, args: Sequence[Any], kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -125,7 +124,9 @@ def _translate_uniform(opset: Any, call_index: Callable[[], int]) -> Callable[..
 def _translate_levels(opset: Any, op: torch._ops.OpOverload, call_index: Callable[[], int]) -> Callable[..., Any]:
     def translate(*args: Any, **kwargs: Any) -> Any:
         d = _LEVELS_OPS[op](bind(op, args, kwargs))
-        return opset.FakeQuantLevels(d.x, d.alpha, levels=[float(v) for v in d.levels], signed=int(d.signed),
+        levels = np.asarray(d.levels, np.float64)
+        return opset.FakeQuantLevels(d.x, d.alpha, levels=levels.astype(np.float32).tolist(),
+                                      thresholds=thresholds(levels).tolist(), signed=int(d.signed),
                                       axis=_axis_attr(d.x, d.axis), call_index=call_index())
 
     return translate
@@ -148,19 +149,12 @@ def _register_schemas() -> None:
     onnx.defs.register_schema(OpSchema(
         LEVELS, DOMAIN, 1, inputs=[param("x", "T"), param("alpha", "S")], outputs=[param("y", "T")],
         type_constraints=common,
-        attributes=[attr("levels", OpSchema.AttrType.FLOATS, ""), attr("signed", ints, ""), attr("axis", ints, ""),
-                    attr("call_index", ints, "")]))
-
-
-def _builtin_levels_ops() -> None:
-    for name, scheme in (("fake_quant_pot", "pot"), ("fake_quant_apot", "apot")):
-        if hasattr(torch.ops.quantext, name):
-            _LEVELS_OPS.setdefault(getattr(torch.ops.quantext, name).default, _scheme_adapter(scheme))
+        attributes=[attr("levels", OpSchema.AttrType.FLOATS, ""), attr("thresholds", OpSchema.AttrType.FLOATS, ""),
+                    attr("signed", ints, ""), attr("axis", ints, ""), attr("call_index", ints, "")]))
 
 
 def quant_ops() -> list[torch._ops.OpOverload]:
     """Every fake-quant op the exporter translates."""
-    _builtin_levels_ops()
     return [torch.ops.quantext.fake_quant_uniform.default, *_LEVELS_OPS]
 
 
@@ -191,16 +185,25 @@ def _node_module(node: torch.fx.Node) -> str:
 
 
 def check_ops(program: torch.export.ExportedProgram) -> None:
-    """Raises for an op outside ATen that no rule translates, naming the module
-    that called it (the torch exporter's own error would name only the op)."""
+    """Raises for an op outside ATen that no rule translates, or a level-table op
+    whose arguments its adapter refuses, naming the module that called it (the
+    torch exporter's own error would name only the op)."""
     known = set(quant_ops())
     for node in program.graph.nodes:
         target = node.target
         if node.op != "call_function" or not isinstance(target, torch._ops.OpOverload):
             continue
+        if target in _LEVELS_OPS:
+            try:
+                _LEVELS_OPS[target](bind(target, node.args, node.kwargs))
+            except ValueError as err:
+                raise ValueError(f"{_node_module(node)}: {err}") from None
         if target.namespace in ("aten", "prims") or target in known:
             continue
         raise NotImplementedError(
             f"{_node_module(node)} calls {target.name()}, which has no ONNX export rule. Replace the module "
             "with a quantext module (qx.nn.QuantConv2d / QuantLinear / Quantizer), or, for a fake-quant op "
             "that rounds to a level table, register it with quantext.export.register_levels_op.")
+
+
+register_levels_op(torch.ops.quantext.fake_quant_levels.default, _quantext_levels)
