@@ -17,6 +17,7 @@ from torch import nn
 import quantext as qx
 from quantext.export import check_onnxruntime_rules
 from quantext.export.graph import consumers, module_path
+from quantext.spec import QuantSpec
 
 CASES = [(name, 8, "tensorrt") for name in QAT_MODELS] + [(name, 4, "tensorrt") for name in QAT_MODELS] + \
     [(name, 8, "onnxruntime") for name in ("cnn", "mlp", "resnet18")]
@@ -78,6 +79,15 @@ def test_qat_model_exports_and_verifies(name, bits, backend):
             assert nxt.op_type == "Clip" and (consts[nxt.input[1]], consts[nxt.input[2]]) == (qmin, qmax)
     clipped = {module_path(q) for q in qs if users[q.output[0]][0].op_type == "Clip"}
     assert bool(clipped) == (bits < 8) and f"{first}.input_quantizer" not in clipped
+
+
+def test_backend_presets():
+    trt, ort_ = qx.QConfig.uniform(4, 8), qx.QConfig.uniform(4, 8, backend="onnxruntime")
+    assert trt.weight == ort_.weight == QuantSpec(bits=4, narrow_range=True, granularity="channel")
+    assert (trt.activation.bits, trt.activation.signed, trt.activation.symmetric) == (8, True, True)
+    assert (ort_.activation.bits, ort_.activation.signed, ort_.activation.symmetric) == (8, False, False)
+    with pytest.raises(ValueError, match=r"backend must be one of \('tensorrt', 'onnxruntime'\), got 'tvm'"):
+        qx.QConfig.uniform(8, backend="tvm")
 
 
 def test_onnxruntime_runs_the_tensorrt_form_partly_as_int8(tmp_path):
