@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import operator
+from typing import Any
 
 import torch
 
@@ -10,12 +12,21 @@ from . import _C
 from ._ops import ops
 
 
+def int_arg(name: str, value: Any) -> int:
+    """``value`` as an int (anything with ``__index__``); a float or a string is a
+    TypeError naming the argument instead of being truncated."""
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name} must be an int, got {value!r}") from None
+
+
 def uniform_bounds(bits: int, signed: bool, narrow_range: bool = False) -> tuple[int, int]:
     """Integer range ``(qmin, qmax)`` of a ``bits``-wide uniform grid (2..16 bits).
 
     Signed: ``[-2^(b-1), 2^(b-1)-1]`` (narrow: ``-2^(b-1)+1``); unsigned: ``[0, 2^b-1]``.
     """
-    return tuple(_C.uniform_bounds(int(bits), bool(signed), bool(narrow_range)))
+    return tuple(_C.uniform_bounds(int_arg("bits", bits), bool(signed), bool(narrow_range)))
 
 
 def set_value_checks(enabled: bool) -> None:
@@ -59,7 +70,11 @@ def fake_quant_uniform(
         axis: ``None`` for per tensor; the channel/group axis otherwise.
         group_size: ``0``, or the number of consecutive elements along ``axis``
             sharing one scale.
-        grad_factor: multiplies the scale/zero-point gradients (LSQ's ``g``).
+        grad_factor: multiplies the scale/zero-point gradients (LSQ's ``g``), finite.
     """
-    return ops.fake_quant_uniform(x, scale, zero_point, int(qmin), int(qmax), axis, int(group_size),
-                                  float(grad_factor))
+    grad_factor = float(grad_factor)
+    if not math.isfinite(grad_factor):
+        raise ValueError(f"grad_factor must be finite, got {grad_factor}")
+    return ops.fake_quant_uniform(x, scale, zero_point, int_arg("qmin", qmin), int_arg("qmax", qmax),
+                                  None if axis is None else int_arg("axis", axis), int_arg("group_size", group_size),
+                                  grad_factor)
