@@ -124,6 +124,21 @@ def kernel_table(timer: Timer, exponents: list[int], dtypes: list[torch.dtype], 
     return markdown_table(["dtype", "elements", "kernel", "pass", "µs", "GB/s", "of copy", "ATen/quantext"], rows)
 
 
+def histogram_table(timer: Timer, device: str, ceiling: float, exponent: int) -> str:
+    """Calibration histogram (2048 bins) bandwidth: bytes of x read once."""
+    rows = []
+    x = torch.randn(1 << exponent, device=device)
+    amax = x.abs().max()
+    bound = amax.item()
+    for name, fn in (("histogram", lambda i: qx.histogram(x, 2048, -amax, amax)),
+                     ("magnitude_histogram", lambda i: qx.magnitude_histogram(x, 2048, amax)),
+                     ("torch.histc (peer)", lambda i: torch.histc(x, 2048, -bound, bound))):
+        t = timer(fn, sets=1)
+        bw = x.numel() * 4 / t
+        rows.append([name, f"2^{exponent}", t * 1e6, bw / 1e9, f"{100 * bw / ceiling:.0f}%"])
+    return markdown_table(["kernel", "elements", "µs", "GB/s", "of copy"], rows)
+
+
 def run(quick: bool = False, device: str = "cuda", dry_run: bool = False) -> str:
     if dry_run:
         device, exponents, dtypes, repeats = "cpu", [16, 18], [torch.float32, torch.bfloat16], 3
@@ -133,7 +148,8 @@ def run(quick: bool = False, device: str = "cuda", dry_run: bool = False) -> str
     timer = Timer(device, repeats)
     ceiling = copy_bandwidth(timer, 1 << (20 if dry_run else 28), device)
     out = [f"GPU kernels ({machine()})", "", f"Device-to-device copy: {ceiling / 1e9:.0f} GB/s (read + write)", "",
-           kernel_table(timer, exponents, dtypes, device, ceiling)]
+           kernel_table(timer, exponents, dtypes, device, ceiling), "",
+           histogram_table(timer, device, ceiling, 18 if dry_run else 26)]
     return "\n".join(out) + "\n"
 
 

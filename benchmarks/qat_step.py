@@ -72,10 +72,10 @@ def train_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Callable[[
     return step
 
 
-def run(quick: bool, device: str = "cpu") -> str:
+def run(quick: bool, device: str = "cpu", batch: int = BATCH, size: int = SIZE) -> str:
     """Times every configuration; returns the Markdown report."""
-    x = torch.randn(BATCH, 3, SIZE, SIZE, device=device)
-    y = torch.randint(0, 10, (BATCH,), device=device)
+    x = torch.randn(batch, 3, size, size, device=device)
+    y = torch.randint(0, 10, (batch,), device=device)
     steps = {name: train_step(m, x, y) for name, m in models(x).items()}
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     warmup, repeats = (2, 7) if quick else (3, 21)
@@ -91,7 +91,7 @@ def run(quick: bool, device: str = "cpu") -> str:
     medians = {name: statistics.median(t) for name, t in times.items()}
     base = medians["FP32"]
     rows = [[name, f"{1e3 * t:.1f}", f"{t / base:.2f}"] for name, t in medians.items()]
-    return (f"### QAT training step, ResNet-18, batch {BATCH} at {SIZE}x{SIZE}, {device}\n\n"
+    return (f"### QAT training step, ResNet-18, batch {batch} at {size}x{size}, {device}\n\n"
             f"{machine()}; median of {repeats} steps after {warmup} warm-up rounds, configurations interleaved.\n\n"
             + markdown_table(["configuration", "step (ms)", "time / FP32"], rows))
 
