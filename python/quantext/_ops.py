@@ -14,7 +14,7 @@ ops = torch.ops.quantext
 # The fakes also serve the Meta dispatch key, which a meta tensor mixed with
 # real ones selects: they repeat the device checks of the real kernels so that
 # such a call is an error instead of an uninitialized result.
-def _check_same_device(op: str, x: torch.Tensor, **params: torch.Tensor) -> None:
+def check_same_device(op: str, x: torch.Tensor, **params: torch.Tensor) -> None:
     """The kernels' rule (csrc/ops/canonical.cpp): every tensor on the input's device."""
     for name, t in params.items():
         if t.device != x.device:
@@ -30,26 +30,26 @@ def _check_readable(op: str, hist: torch.Tensor, **params: torch.Tensor) -> None
 
 @torch.library.register_fake("quantext::fake_quant_uniform")
 def _fake_quant_uniform_fake(x, scale, zero_point, qmin, qmax, axis=None, group_size=0, grad_factor=1.0):
-    _check_same_device("fake_quant_uniform", x, scale=scale, zero_point=zero_point)
+    check_same_device("fake_quant_uniform", x, scale=scale, zero_point=zero_point)
     return torch.empty_like(x)
 
 
 @torch.library.register_fake("quantext::fake_quant_uniform_backward")
 def _fake_quant_uniform_backward_fake(grad, x, scale, zero_point, qmin, qmax, axis, group_size, grad_factor,
                                       param_grads):
-    _check_same_device("fake_quant_uniform_backward", x, scale=scale, zero_point=zero_point, grad=grad)
+    check_same_device("fake_quant_uniform_backward", x, scale=scale, zero_point=zero_point, grad=grad)
     return torch.empty_like(x), torch.empty_like(scale), torch.empty_like(scale)
 
 
 @torch.library.register_fake("quantext::histogram")
 def _histogram_fake(x, bins, lo, hi, axis=None):
-    _check_same_device("histogram", x, lo=lo, hi=hi)
+    check_same_device("histogram", x, lo=lo, hi=hi)
     return x.new_empty((bins,) if axis is None else (x.shape[axis], bins), dtype=torch.long)
 
 
 @torch.library.register_fake("quantext::magnitude_histogram")
 def _magnitude_histogram_fake(x, bins, amax, axis=None):
-    _check_same_device("magnitude_histogram", x, amax=amax)
+    check_same_device("magnitude_histogram", x, amax=amax)
     return x.new_empty((2, bins) if axis is None else (x.shape[axis], 2, bins), dtype=torch.long)
 
 

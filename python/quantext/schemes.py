@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import torch
 
-from ._ops import ops
+from ._ops import check_same_device, ops
 from .functional import fake_quant_levels, fake_quant_uniform, lsq_grad_factor, uniform_bounds, weight_normalize
 from .spec import QuantSpec
 
@@ -55,32 +55,38 @@ def _apot_decode_table_fake(bits, signed, k=2):
 
 @torch.library.register_fake("quantext::fake_quant_levels")
 def _fake_quant_levels_fake(x, alpha, scheme, bits, signed, k=2, rounding="nearest", axis=None, grad_factor=1.0):
+    check_same_device("fake_quant_levels", x, alpha=alpha)
     return torch.empty_like(x)
 
 
 @torch.library.register_fake("quantext::fake_quant_levels_backward")
 def _fake_quant_levels_backward_fake(grad, x, alpha, scheme, bits, signed, k, rounding, axis, grad_factor,
                                      alpha_grad):
+    check_same_device("fake_quant_levels_backward", x, alpha=alpha, grad=grad)
     return torch.empty_like(x), torch.empty_like(alpha)
 
 
 @torch.library.register_fake("quantext::quantize_uniform")
 def _quantize_uniform_fake(x, scale, zero_point, qmin, qmax, axis=None, group_size=0):
+    check_same_device("quantize_uniform", x, scale=scale, zero_point=zero_point)
     return torch.empty_like(x, dtype=_uniform_code_dtype(qmin, qmax))
 
 
 @torch.library.register_fake("quantext::dequantize_uniform")
 def _dequantize_uniform_fake(codes, scale, zero_point, axis=None, group_size=0):
+    check_same_device("dequantize_uniform", codes, scale=scale, zero_point=zero_point)
     return torch.empty_like(codes, dtype=scale.dtype)
 
 
 @torch.library.register_fake("quantext::quantize_levels")
 def _quantize_levels_fake(x, alpha, scheme, bits, signed, k=2, rounding="nearest", axis=None):
+    check_same_device("quantize_levels", x, alpha=alpha)
     return torch.empty_like(x, dtype=torch.int8 if signed else torch.uint8)
 
 
 @torch.library.register_fake("quantext::dequantize_levels")
 def _dequantize_levels_fake(codes, alpha, scheme, bits, signed, k=2, axis=None):
+    check_same_device("dequantize_levels", codes, alpha=alpha)
     return torch.empty_like(codes, dtype=alpha.dtype)
 
 

@@ -104,14 +104,17 @@ _INT_VIEW = {torch.float16: torch.int16, torch.bfloat16: torch.int16, torch.floa
 
 
 def assert_bitwise_equal(got: torch.Tensor, want: torch.Tensor, what: str) -> None:
-    """Same dtype, shape and bits (any NaN equals any NaN; -0.0 differs from 0.0)."""
+    """Same dtype, shape and bits (any NaN equals any NaN; -0.0 differs from 0.0; integers exactly)."""
     assert got.dtype == want.dtype, f"{what}: dtype {got.dtype}, expected {want.dtype}"
     assert got.shape == want.shape, f"{what}: shape {tuple(got.shape)}, expected {tuple(want.shape)}"
     g, w = got.contiguous(), want.contiguous()
-    nan_g, nan_w = g.isnan(), w.isnan()
-    bits_g = torch.where(nan_g, 0, g.view(_INT_VIEW[g.dtype]))
-    bits_w = torch.where(nan_w, 0, w.view(_INT_VIEW[w.dtype]))
-    bad = (nan_g != nan_w) | (bits_g != bits_w)
+    if g.is_floating_point():
+        nan_g, nan_w = g.isnan(), w.isnan()
+        bits_g = torch.where(nan_g, 0, g.view(_INT_VIEW[g.dtype]))
+        bits_w = torch.where(nan_w, 0, w.view(_INT_VIEW[w.dtype]))
+        bad = (nan_g != nan_w) | (bits_g != bits_w)
+    else:
+        bad = g != w
     if bool(bad.any()):
         i = int(bad.flatten().nonzero()[0])
         raise AssertionError(f"{what}: {int(bad.sum())} of {g.numel()} values differ; first at flat index {i}: "

@@ -1,5 +1,6 @@
 """Differential fuzzing of the uniform fake-quant op (forward, dx, LSQ dscale,
-LSQ+ dzero) against a slow pure-PyTorch reference of DESIGN 2.1/2.4.
+LSQ+ dzero) and the uniform code ops (quantize_uniform, dequantize_uniform)
+against a slow pure-PyTorch reference of DESIGN 2.1/2.4.
 
 Random shapes (empty, 1-element, sizes around the 8/16 vector widths, a few
 large), layouts (transposed, sliced, broadcast, channels_last), dtypes,
@@ -22,6 +23,8 @@ from hypothesis import strategies as st
 import quantext as qx
 from fuzz_support import (DTYPES, Granularity, assert_bitwise_equal, assert_close_sum, fuzz_settings,
                           granularities, in_layout, is_dense, layouts, shapes, sprinkle_specials)
+
+ops = torch.ops.quantext
 
 # The CPU kernel sums lanes in the compute type for up to 4096 / 16 elements
 # before flushing into float64: the rounding error of a sum is bounded by this
@@ -146,8 +149,11 @@ def reference_param_grads(case: Case, x, dy, q, s, z):
     tz = torch.where(below | above, -s64, 0.0)
     eps = torch.finfo(compute_type(case.dtype)).eps
     g = case.grad_factor
-    # Per element, (y - x) * (1/s) in the compute type is off by a few ulps of |q - z| (y rounds).
-    elem_s = torch.where(inside, 4 * eps * dy64.abs() * ((q64.clamp(case.qmin, case.qmax) - z64).abs() + 1), 0.0)
+    # Per element, (y - x) * (1/s) in the compute type is off by a few ulps of |q - z| (y rounds), and
+    # by the rounding of the reciprocal, taken in the scale's precision (float32 also for float64 x).
+    scale_eps = torch.finfo(case.scale_dtype).eps
+    elem_s = torch.where(inside, dy64.abs() * (4 * eps * ((q64.clamp(case.qmin, case.qmax) - z64).abs() + 1)
+                                               + scale_eps * ts.abs()), 0.0)
     results = []
     # dscale comes back in the scale's dtype, dzero in the (float32) zero point's.
     for terms, elem, out in ((dy64 * ts, elem_s, case.scale_dtype), (dy64 * tz, torch.zeros_like(elem_s), torch.float32)):
@@ -180,6 +186,25 @@ def check_case(case: Case) -> None:
         assert_close_sum(s_leaf.grad, dscale, dscale_tol, "dscale")
     if case.learn_zero:
         assert_close_sum(z_leaf.grad, dzero, dzero_tol, "dzero")
+    check_codes(case, x, scale, zero, q, z)
+
+
+def check_codes(case: Case, x, scale, zero, q, z) -> None:
+    """quantize_uniform: the clamped code (NaN: the zero point) in the smallest fitting integer dtype;
+    dequantize_uniform: (code - z) * s in the scale's dtype."""
+    axis, group = case.gran.axis, case.gran.group
+    codes = ops.quantize_uniform(x, scale, zero, case.qmin, case.qmax, axis, group)
+    code_dtype = next(dt for dt, lo, hi in _CODE_DTYPES if lo <= case.qmin and case.qmax <= hi)
+    assert_bitwise_equal(codes, torch.where(q.isnan(), z, q.clamp(case.qmin, case.qmax)).to(code_dtype),
+                         "quantize_uniform")
+    values = ops.dequantize_uniform(codes, scale, zero, axis, group)
+    s = case.gran.expand(scale, case.shape)
+    zs = torch.round(case.gran.expand(zero, case.shape).to(scale.dtype))
+    assert_bitwise_equal(values, (codes.to(scale.dtype) - zs) * s, "dequantize_uniform")
+
+
+_CODE_DTYPES = ((torch.int8, -128, 127), (torch.uint8, 0, 255), (torch.int16, -32768, 32767),
+                (torch.int32, -2**31, 2**31 - 1))
 
 
 @fuzz_settings(2500)
