@@ -21,6 +21,14 @@ def int_arg(name: str, value: Any) -> int:
         raise TypeError(f"{name} must be an int, got {value!r}") from None
 
 
+def bool_arg(name: str, value: Any) -> bool:
+    """``value`` as a bool (a bool, or the int 0 or 1); a string such as ``"no"``
+    is a TypeError naming the argument instead of being truthy."""
+    if isinstance(value, bool) or (isinstance(value, int) and value in (0, 1)):
+        return bool(value)
+    raise TypeError(f"{name} must be a bool, got {value!r}")
+
+
 def _grad_factor(value: float) -> float:
     value = float(value)
     if not math.isfinite(value):
@@ -36,7 +44,8 @@ def uniform_bounds(bits: int, signed: bool, narrow_range: bool = False) -> tuple
 
     Signed: ``[-2^(b-1), 2^(b-1)-1]`` (narrow: ``-2^(b-1)+1``); unsigned: ``[0, 2^b-1]``.
     """
-    return tuple(_C.uniform_bounds(int_arg("bits", bits), bool(signed), bool(narrow_range)))
+    return tuple(_C.uniform_bounds(int_arg("bits", bits), bool_arg("signed", signed),
+                                   bool_arg("narrow_range", narrow_range)))
 
 
 def set_value_checks(enabled: bool) -> None:
@@ -126,7 +135,8 @@ def fake_quant_levels(
         axis: ``None`` per tensor, else the channel axis of ``alpha``.
         grad_factor: multiplies the gradient of ``alpha``, finite.
     """
-    return ops.fake_quant_levels(x, alpha, scheme, int_arg("bits", bits), bool(signed), int_arg("k", k), rounding,
+    return ops.fake_quant_levels(x, alpha, scheme, int_arg("bits", bits), bool_arg("signed", signed), int_arg("k", k),
+                                 rounding,
                                  None if axis is None else int_arg("axis", axis), _grad_factor(grad_factor))
 
 

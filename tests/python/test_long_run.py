@@ -1,7 +1,8 @@
 """Numerical safety over a long QAT run: a learning rate high enough to drive
-learned scales below ``min_scale`` and LSQ+ zero points out of ``[qmin, qmax]``
-must never produce a NaN/inf parameter, gradient, statistic or output, and the
-parameters the forward pass uses stay within the documented bounds (scales
+learned scales (LSQ) and clipping values (PoT/APoT alpha) below
+``min_scale`` and LSQ+ zero points out of ``[qmin, qmax]`` must never produce
+a NaN/inf parameter, gradient, statistic or output, and the parameters the
+forward pass uses stay within the documented bounds (scales and alpha
 ``>= Quantizer.min_scale``, zero points in ``[qmin, qmax]``). Checked after
 every step."""
 
@@ -14,7 +15,8 @@ import torch
 from torch import nn
 
 import quantext as qx
-from qat_models import INPUT_SHAPE, batches, prepared_cnn
+from qat_models import INPUT_SHAPE, ResidualCNN, batches, prepared_cnn
+from quantext import QConfig, QuantSpec
 
 STEPS = 400
 FREEZE_BN_AT = 250
@@ -69,13 +71,24 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def test_long_qat_run_stays_finite_and_within_bounds(one_thread):
-    model = prepared_cnn(0, freeze_bn_after=FREEZE_BN_AT)
+LEVELS_QCONFIG = QConfig(weight=QuantSpec(scheme="pot", bits=4, granularity="channel", learnable=True),
+                         activation=QuantSpec(scheme="apot", bits=4, learnable=True))
+
+
+@pytest.mark.parametrize("scheme", ["uniform", "levels"])
+def test_long_qat_run_stays_finite_and_within_bounds(one_thread, scheme):
+    if scheme == "uniform":  # LSQ weights, LSQ+ activations
+        model = prepared_cnn(0, freeze_bn_after=FREEZE_BN_AT)
+        seen = {"scale below min_scale": False, "zero point outside": False}
+    else:  # learned clipping values of PoT weights and APoT activations
+        torch.manual_seed(0)
+        model = qx.prepare_qat(ResidualCNN(), LEVELS_QCONFIG, example_inputs=(torch.randn(INPUT_SHAPE),),
+                               first_last_bits=None, freeze_bn_after=FREEZE_BN_AT)
+        seen = {"alpha below min_scale": False}
     qx.calibrate(model, batches(1, 2), progress=False)
     opt = optimizer(model)
     data = batches(2, 16)
     extremes = [torch.zeros(INPUT_SHAPE), torch.full(INPUT_SHAPE, 1e4), torch.randn(INPUT_SHAPE) * 1e-6]
-    seen = {"scale below min_scale": False, "zero point outside": False}
     model.train()
     for step in range(STEPS):
         x, y = data[step % len(data)]

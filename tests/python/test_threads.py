@@ -1,8 +1,9 @@
-"""Stress: the CPU kernels called from several Python threads at once give the
-results of serial calls, and intra-op thread counts change nothing: forward
-values, dx and histograms are bit-identical for any ``torch.set_num_threads``;
-the parameter-gradient sums are bit-identical from run to run at a given
-thread count."""
+"""Stress: the CPU kernels (uniform and PoT/APoT forward and backward, codes,
+histograms) called from several Python threads at once give the results of
+serial calls, and intra-op thread counts change nothing: forward values, dx,
+codes and histograms are bit-identical for any ``torch.set_num_threads``; the
+parameter-gradient sums are bit-identical from run to run at a given thread
+count."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import torch
 
 import quantext as qx
 
+ops = torch.ops.quantext
 THREAD_COUNTS = (1, 2, 3, 4)
 N = 1 << 20  # enough items (8192 elements each per tensor) to split across threads
 
@@ -29,6 +31,20 @@ def uniform_job(x: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, axis: 
         y = qx.fake_quant_uniform(xl, sl, zl, qmin, qmax, axis, 0, 0.01)
         dx, ds, dz = torch.autograd.grad(y, (xl, sl, zl), dy)
         return {"y": y.detach(), "dx": dx, "dscale": ds, "dzero": dz}
+
+    return run
+
+
+def levels_job(x: torch.Tensor, alpha: torch.Tensor, scheme: str, axis: int | None) -> Callable[[], dict]:
+    """PoT/APoT forward and backward with a learnable alpha, and the integer codes."""
+    dy = torch.randn(x.shape, generator=torch.Generator().manual_seed(2)).to(x.dtype)
+
+    def run() -> dict[str, torch.Tensor]:
+        xl, al = x.detach().requires_grad_(), alpha.clone().requires_grad_()
+        y = qx.functional.fake_quant_levels(xl, al, scheme, 5, True, axis=axis, grad_factor=0.01)
+        dx, da = torch.autograd.grad(y, (xl, al), dy)
+        codes = ops.quantize_levels(x, alpha, scheme, 5, True, 2, "nearest", axis)
+        return {"y": y.detach(), "dx": dx, "dalpha": da, "codes": codes}
 
     return run
 
@@ -54,6 +70,8 @@ def jobs() -> dict[str, Callable[[], dict[str, torch.Tensor]]]:
             x.view(16, 4, 128, 128).contiguous(memory_format=torch.channels_last), torch.rand(4, generator=g) + 0.1,
             torch.zeros(4), 1),
         "uniform bfloat16": uniform_job(x.bfloat16(), torch.tensor([0.1]), torch.tensor([0.0]), None, 0, 255),
+        "pot per tensor": levels_job(x, torch.tensor(2.5), "pot", None),
+        "apot per channel": levels_job(rows, per_channel_scale * 10, "apot", 0),
         "histogram": histogram_job(x),
     }
 
@@ -86,7 +104,7 @@ def test_concurrent_python_threads_match_serial(num_threads):
         assert_identical(result, serial[name], f"{name} (concurrent)")
 
 
-THREAD_INVARIANT = ("y", "dx", "hist", "mag", "per_channel")
+THREAD_INVARIANT = ("y", "dx", "codes", "hist", "mag", "per_channel")
 
 
 def test_thread_count_does_not_change_values(num_threads):
