@@ -1,5 +1,5 @@
 // Edge cases of the ops (empty, one element, NaN/inf, zero-channel axes,
-// degenerate histograms) called through the dispatcher as a LibTorch program
+// degenerate histograms, the largest level grids) called through the dispatcher as a LibTorch program
 // would. scripts/test.sh also runs this suite under ASan/UBSan, where a read
 // past the end of these shapes would show.
 #include <ATen/core/dispatch/Dispatcher.h>
@@ -80,6 +80,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> uniform_backward(const at::Tensor
       const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t, int64_t,
       std::optional<int64_t>, int64_t, double, bool)>("quantext::fake_quant_uniform_backward");
   return h.call(grad, x, scale, zero, qmin, qmax, axis, 0, grad_factor, true);
+}
+
+std::tuple<at::Tensor, at::Tensor> levels_backward(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& alpha,
+                                                   c10::string_view scheme, int64_t bits, bool is_signed,
+                                                   std::optional<int64_t> axis) {
+  static auto h = op<std::tuple<at::Tensor, at::Tensor>(
+      const at::Tensor&, const at::Tensor&, const at::Tensor&, c10::string_view, int64_t, bool, int64_t,
+      c10::string_view, std::optional<int64_t>, double, bool)>("quantext::fake_quant_levels_backward");
+  return h.call(grad, x, alpha, scheme, bits, is_signed, 2, "nearest", axis, 1.0, true);
 }
 
 at::Tensor scalar(double v) { return torch::tensor(v, torch::kDouble); }
@@ -296,6 +305,73 @@ TEST(UniformEdgeCases, ExtremeScalesMatchATen) {
                                                 torch::zeros({1}, torch::kInt), -128, 127);
     EXPECT_TRUE(torch::equal(y, torch::fake_quantize_per_tensor_affine(x, static_cast<float>(s), 0, -128, 127)))
         << "scale " << s;
+    EXPECT_TRUE(y.isfinite().all().item<bool>());
+  }
+}
+
+// ------------------------------------------------------------------- levels --
+TEST(LevelsEdgeCases, EmptyInputsAndZeroChannelAxes) {
+  const auto alpha3 = torch::ones({3});
+  const auto x = torch::empty({0, 3});
+  EXPECT_EQ(quantext::fake_quant_levels(x, alpha3, "apot", 4, true, 2, "nearest", 1).sizes(), x.sizes());
+  auto [dx, dalpha] = levels_backward(torch::empty({0, 3}), x, alpha3, "apot", 4, true, 1);
+  EXPECT_EQ(dx.sizes(), x.sizes());
+  EXPECT_TRUE(torch::equal(dalpha, torch::zeros({3})));
+  // An axis of size 0: no alpha, an empty gradient.
+  std::tie(dx, dalpha) =
+      levels_backward(torch::empty({4, 0}), torch::empty({4, 0}), torch::empty({0}), "pot", 4, true, 1);
+  EXPECT_EQ(dalpha.sizes(), (std::vector<int64_t>{0}));
+  const auto codes = quantext::quantize_levels(x, alpha3, "pot", 4, true, 2, "nearest", 1);
+  EXPECT_EQ(codes.sizes(), x.sizes());
+  EXPECT_EQ(codes.scalar_type(), torch::kChar);
+  EXPECT_EQ(quantext::dequantize_levels(codes, alpha3, "pot", 4, true, 2, 1).sizes(), x.sizes());
+}
+
+TEST(LevelsEdgeCases, NaNInfinitiesAndSignedZero) {
+  // 4-bit signed PoT: magnitudes {0, 2^-6, ..., 2^-1, 1}; 0.3 rounds to 1/4 (index 5).
+  const float nan = std::numeric_limits<float>::quiet_NaN(), inf = std::numeric_limits<float>::infinity();
+  const auto x = torch::tensor({nan, inf, -inf, -0.0f, 0.3f});
+  const auto alpha = torch::tensor(1.0f);
+  const auto y = quantext::fake_quant_levels(x, alpha, "pot", 4, true);
+  EXPECT_TRUE(std::isnan(y[0].item<float>()));
+  EXPECT_TRUE(torch::equal(y.slice(0, 1), torch::tensor({1.0f, -1.0f, 0.0f, 0.25f})));
+  EXPECT_FALSE(std::signbit(y[3].item<float>()));  // -0.0 gives +0
+  const auto [dx, dalpha] = levels_backward(torch::ones({5}), x, alpha, "pot", 4, true, std::nullopt);
+  EXPECT_TRUE(torch::equal(dx, torch::tensor({0.0f, 0.0f, 0.0f, 1.0f, 1.0f})));
+  // NaN: nothing; +inf: the upper bound 1; -inf: the lower bound -1; -0: 0; 0.3: 1/4 - 0.3.
+  EXPECT_NEAR(dalpha.item<float>(), 1 - 1 + (0.25 - 0.3), 1e-6);
+  const auto codes = quantext::quantize_levels(x, alpha, "pot", 4, true);
+  EXPECT_TRUE(torch::equal(codes, torch::tensor({0, 7, -7, 0, 5}, torch::kChar)));
+  const auto unsigned_codes = quantext::quantize_levels(x, alpha, "pot", 4, false);
+  EXPECT_TRUE(torch::equal(unsigned_codes, torch::tensor({0, 15, 0, 0, 13}, torch::kByte)));
+  for (int64_t n : {1, 7, 9, 17}) {  // sizes around the vector width, all NaN
+    const auto all_nan = torch::full({n}, nan);
+    EXPECT_TRUE(quantext::fake_quant_levels(all_nan, alpha, "apot", 5, true).isnan().all().item<bool>()) << n;
+    EXPECT_EQ(quantext::quantize_levels(all_nan, alpha, "apot", 5, true).abs().sum().item<int64_t>(), 0) << n;
+  }
+}
+
+TEST(LevelsEdgeCases, LargestGridsAndExtremeAlphas) {
+  torch::manual_seed(7);
+  // Every magnitude level times alpha, and random values: 8-bit PoT reaches 2^-254, below float32's range.
+  const auto exponents = torch::arange(0, 260, torch::kDouble);
+  for (double a : {1e-30, 1.0, 1e30}) {
+    const auto alpha = torch::tensor(static_cast<float>(a));
+    const auto x = torch::cat({torch::pow(2.0, -exponents).to(torch::kFloat) * alpha, torch::randn({1000}) * alpha});
+    for (const auto& [scheme, bits, k] : std::vector<std::tuple<const char*, int64_t, int64_t>>{
+             {"pot", 8, 2}, {"apot", 8, 1}, {"apot", 8, 2}, {"apot", 8, 4}, {"apot", 1, 2}}) {
+      const bool is_signed = bits > 1;
+      const auto y = quantext::fake_quant_levels(x, alpha, scheme, bits, is_signed, k);
+      EXPECT_TRUE(y.isfinite().all().item<bool>()) << scheme << bits << " alpha " << a;
+      const auto codes = quantext::quantize_levels(x, alpha, scheme, bits, is_signed, k);
+      EXPECT_TRUE(torch::equal(quantext::dequantize_levels(codes, alpha, scheme, bits, is_signed, k), y))
+          << scheme << " bits=" << bits << " k=" << k << " alpha " << a;
+    }
+  }
+  for (auto dtype : {torch::kHalf, torch::kBFloat16, torch::kDouble}) {
+    const auto x = (torch::randn({37}) * 3).to(dtype);
+    const auto y = quantext::fake_quant_levels(x, torch::tensor(2.0f), "apot", 6, true);
+    EXPECT_EQ(y.scalar_type(), dtype);
     EXPECT_TRUE(y.isfinite().all().item<bool>());
   }
 }
