@@ -17,6 +17,12 @@ def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
         raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
 
 
+def _typed(name: str, value, kind: type) -> None:
+    """A bool where an int is expected (or a float, an int-like string ...) is a TypeError."""
+    if kind is int and isinstance(value, bool) or not isinstance(value, kind):
+        raise TypeError(f"{name} must be {'an int' if kind is int else 'a bool'}, got {value!r}")
+
+
 @dataclass(frozen=True)
 class QuantSpec:
     """How one tensor is quantized.
@@ -64,8 +70,12 @@ class QuantSpec:
         _choice("granularity", self.granularity, GRANULARITIES)
         _choice("calibration", self.calibration, CALIBRATION_METHODS)
         _choice("rounding", self.rounding, ROUNDINGS)
-        if isinstance(self.bits, bool) or not isinstance(self.bits, int):
-            raise TypeError(f"bits must be an int, got {self.bits!r}")
+        for name in ("bits", "axis", "k") + (("group_size",) if self.group_size is not None else ()):
+            _typed(name, getattr(self, name), int)
+        for name in ("signed", "symmetric", "narrow_range", "learnable", "weight_norm"):
+            _typed(name, getattr(self, name), bool)
+        if isinstance(self.percentile, bool) or not isinstance(self.percentile, (int, float)):
+            raise TypeError(f"percentile must be a number, got {self.percentile!r}")
         lo, hi = (2, 16) if self.scheme == "uniform" else (1 if not self.signed else 2, 8)
         if not lo <= self.bits <= hi:
             raise ValueError(f"bits={self.bits} is out of range [{lo}, {hi}] for scheme={self.scheme!r}"
