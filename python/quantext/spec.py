@@ -10,6 +10,7 @@ SCHEMES = ("uniform", "pot", "apot")
 GRANULARITIES = ("tensor", "channel", "group")
 CALIBRATION_METHODS = ("max", "percentile", "mse", "entropy", "aciq")
 ROUNDINGS = ("nearest", "log")
+BACKENDS = ("tensorrt", "onnxruntime")
 
 
 def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
@@ -144,6 +145,21 @@ class QConfig:
                              "activations cannot be exported to TensorRT or ONNX Runtime integer kernels")
 
     @classmethod
-    def uniform(cls, bits: int = 8, act_bits: int | None = None) -> "QConfig":
-        """W``bits`` A``act_bits`` uniform: per-channel symmetric weights, per-tensor activations."""
-        return cls(default_weight_spec(bits), default_activation_spec(act_bits or bits))
+    def uniform(cls, bits: int = 8, act_bits: int | None = None, backend: str = "tensorrt") -> "QConfig":
+        """W``bits`` A``act_bits`` uniform: per-channel symmetric weights, per-tensor
+        activations in the form the deployment ``backend`` runs as integers
+        (docs/export.md):
+
+        - ``"tensorrt"``: signed symmetric activations (int8, zero point 0:
+          TensorRT takes nothing else);
+        - ``"onnxruntime"``: unsigned asymmetric activations (uint8 with a zero
+          point): ONNX Runtime's CPU provider fuses a Conv/Gemm/Add into
+          ``QLinearConv``/``QGemm``/``QLinearAdd`` only when its input and output
+          quantizers share one type, and absorbs a ReLU before a quantizer only
+          when the zero point is the type's minimum.
+        """
+        _choice("backend", backend, BACKENDS)
+        activation = default_activation_spec(act_bits or bits)
+        if backend == "onnxruntime":
+            activation = activation.replace(signed=False, symmetric=False)
+        return cls(default_weight_spec(bits), activation)
