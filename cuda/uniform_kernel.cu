@@ -1,7 +1,6 @@
 // CUDA kernels of the uniform fake-quant ops. The forward is one elementwise
 // pass; the backward writes dx and, for learned scale/offset, one partial sum
 // per item (a block per item), reduced per parameter on the device.
-#include <ATen/Dispatch.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
@@ -11,6 +10,8 @@
 #include <type_traits>
 
 #include "block_reduce.cuh"
+#include "launch.cuh"
+#include "ops/dispatch.h"
 #include "ops/uniform.h"
 
 namespace quantext {
@@ -18,16 +19,6 @@ namespace cuda {
 namespace {
 
 using math::Scalar;
-
-template <typename scalar_t>
-using acc_type = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
-
-constexpr int kThreads = 256;
-
-int64_t grid_for(int64_t work) {
-  const int64_t sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
-  return std::max<int64_t>(1, std::min<int64_t>((work + kThreads - 1) / kThreads, sms * 32));
-}
 
 template <typename scalar_t, typename acc_t, typename scale_t>
 __global__ void forward_kernel(const scalar_t* __restrict__ x, scalar_t* __restrict__ y,
@@ -66,14 +57,6 @@ __global__ void backward_kernel(const scalar_t* __restrict__ dy, const scalar_t*
       }
     }
   }
-}
-
-template <typename Fn>
-void dispatch_types(const at::Tensor& x, const at::Tensor& scale, const Fn& fn) {
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "quantext_uniform_cuda", [&] {
-    using x_t = scalar_t;
-    AT_DISPATCH_FLOATING_TYPES(scale.scalar_type(), "quantext_uniform_cuda_scale", [&] { fn(x_t{}, scalar_t{}); });
-  });
 }
 
 at::Tensor fake_quant_uniform_cuda(const at::Tensor& x, const at::Tensor& scale, const at::Tensor& zero_point,

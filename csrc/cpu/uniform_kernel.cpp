@@ -1,7 +1,6 @@
 // CPU kernels of the uniform fake-quant ops: vectorized with ATen's
 // Vectorized<T> (float16/bfloat16 computed in float) and multi-threaded over
 // the items of the RunLayout.
-#include <ATen/Dispatch.h>
 #include <torch/library.h>
 
 #include <tuple>
@@ -9,6 +8,7 @@
 
 #include "cpu/runs.h"
 #include "cpu/vec_policy.h"
+#include "ops/dispatch.h"
 #include "ops/uniform.h"
 
 namespace quantext {
@@ -17,9 +17,6 @@ namespace {
 
 using math::Scalar;
 using math::UniformParams;
-
-template <typename scalar_t>
-using acc_type = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
 
 template <typename acc_t>
 UniformParams<at::vec::Vectorized<acc_t>> splat(const UniformParams<acc_t>& p) {
@@ -101,14 +98,6 @@ std::pair<double, double> backward_run(const scalar_t* dy, const scalar_t* x, sc
     }
     return {ds, dz};
   }
-}
-
-template <typename Fn>
-void dispatch_types(const at::Tensor& x, const at::Tensor& scale, const Fn& fn) {
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "quantext_uniform_cpu", [&] {
-    using x_t = scalar_t;
-    AT_DISPATCH_FLOATING_TYPES(scale.scalar_type(), "quantext_uniform_cpu_scale", [&] { fn(x_t{}, scalar_t{}); });
-  });
 }
 
 at::Tensor fake_quant_uniform_cpu(const at::Tensor& x, const at::Tensor& scale, const at::Tensor& zero_point,

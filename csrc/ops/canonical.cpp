@@ -13,6 +13,9 @@ bool reads_values(const at::Tensor& t) {
   return t.device().is_cpu() || value_checks_enabled();
 }
 
+Canonical canonical_layout(const char* op, const at::Tensor& x, const at::Tensor& param, const char* param_name,
+                           std::optional<int64_t> axis, int64_t group_size);
+
 }  // namespace
 
 bool value_checks_enabled() { return g_value_checks.load(std::memory_order_relaxed); }
@@ -22,6 +25,20 @@ Canonical canonicalize(const char* op, const at::Tensor& x, const at::Tensor& pa
                        std::optional<int64_t> axis, int64_t group_size) {
   TORCH_CHECK_TYPE(at::isFloatingType(x.scalar_type()), op, ": input must be a floating point tensor, got dtype ",
                    x.scalar_type());
+  return canonical_layout(op, x, param, param_name, axis, group_size);
+}
+
+Canonical canonicalize_codes(const char* op, const at::Tensor& codes, const at::Tensor& param, const char* param_name,
+                             std::optional<int64_t> axis, int64_t group_size) {
+  TORCH_CHECK_TYPE(at::isIntegralType(codes.scalar_type(), /*includeBool=*/false), op,
+                   ": codes must be an integer tensor, got dtype ", codes.scalar_type());
+  return canonical_layout(op, codes, param, param_name, axis, group_size);
+}
+
+namespace {
+
+Canonical canonical_layout(const char* op, const at::Tensor& x, const at::Tensor& param, const char* param_name,
+                           std::optional<int64_t> axis, int64_t group_size) {
   TORCH_CHECK_VALUE(group_size >= 0, op, ": group_size must be >= 0, got ", group_size);
   Canonical c;
   const int64_t numel = x.numel();
@@ -63,6 +80,8 @@ Canonical canonicalize(const char* op, const at::Tensor& x, const at::Tensor& pa
   return c;
 }
 
+}  // namespace
+
 at::Tensor canonical_params(const Canonical& c, const at::Tensor& param) {
   if (c.grouped) return param.movedim(*c.axis, -1).contiguous().view(-1);
   return param.contiguous().view(-1);
@@ -81,10 +100,10 @@ at::Tensor Canonical::grad_in(const char* op, const at::Tensor& grad, const at::
 at::Tensor Canonical::restore(const at::Tensor& canonical_out, const at::Tensor& input) const {
   if (!grouped) {
     if (canonical_out.strides() == input.strides() || !input.is_non_overlapping_and_dense()) return canonical_out;
-    return at::empty_like(input).copy_(canonical_out);
+    return at::empty_like(input, canonical_out.options()).copy_(canonical_out);
   }
   const at::Tensor back = canonical_out.movedim(-1, *axis);
-  at::Tensor out = at::empty_like(input);
+  at::Tensor out = at::empty_like(input, canonical_out.options());
   if (back.strides() == out.strides()) return back;
   return out.copy_(back);
 }
@@ -132,9 +151,11 @@ void check_zero_point(const char* op, const at::Tensor& zero_point, int64_t qmin
 }
 
 void check_param_dtype(const char* op, const at::Tensor& x, const at::Tensor& t, const char* name) {
-  const bool ok = t.scalar_type() == at::kFloat || (t.scalar_type() == at::kDouble && x.scalar_type() == at::kDouble);
-  TORCH_CHECK_TYPE(ok, op, ": ", name, " must be float32 (or float64 with a float64 input), got ", t.scalar_type(),
-                   " with input ", x.scalar_type());
+  // Integer codes decode in the parameter's precision.
+  const bool wide_ok = x.scalar_type() == at::kDouble || at::isIntegralType(x.scalar_type(), /*includeBool=*/false);
+  const bool ok = t.scalar_type() == at::kFloat || (t.scalar_type() == at::kDouble && wide_ok);
+  TORCH_CHECK_TYPE(ok, op, ": ", name, " must be float32 (or float64 with a float64 input or integer codes), got ",
+                   t.scalar_type(), " with input ", x.scalar_type());
 }
 
 void check_same_device(const char* op, const at::Tensor& x, const at::Tensor& t, const char* name) {

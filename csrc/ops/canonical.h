@@ -25,7 +25,8 @@ struct Canonical {
   at::Tensor grad_in(const char* op, const at::Tensor& grad, const at::Tensor& input) const;
   // Allocates an output in the canonical layout.
   at::Tensor empty_out() const { return at::empty_like(x); }
-  // Returns a canonical-layout result in the layout of at::empty_like(input).
+  // Returns a canonical-layout result (of any dtype) in the layout of
+  // at::empty_like(input).
   at::Tensor restore(const at::Tensor& canonical_out, const at::Tensor& input) const;
   // Per-item partial sums -> one value per parameter, in the shape and dtype
   // of `param` (device ops only, no host sync).
@@ -36,6 +37,9 @@ struct Canonical {
 // `params` is the per-channel/per-group parameter tensor whose shape is checked.
 Canonical canonicalize(const char* op, const at::Tensor& x, const at::Tensor& param, const char* param_name,
                        std::optional<int64_t> axis, int64_t group_size);
+// The same for a tensor of integer codes.
+Canonical canonicalize_codes(const char* op, const at::Tensor& codes, const at::Tensor& param, const char* param_name,
+                             std::optional<int64_t> axis, int64_t group_size);
 
 // Flattens a parameter tensor into the kernels' parameter order.
 at::Tensor canonical_params(const Canonical& c, const at::Tensor& param);

@@ -11,8 +11,8 @@
 namespace quantext {
 
 UniformArgs prepare_uniform(const char* op, const at::Tensor& x, const at::Tensor& scale, const at::Tensor& zero_point,
-                            int64_t qmin, int64_t qmax, std::optional<int64_t> axis, int64_t group_size) {
-  check_int_range(op, qmin, qmax);
+                            int64_t qmin, int64_t qmax, std::optional<int64_t> axis, int64_t group_size, bool codes) {
+  if (!codes) check_int_range(op, qmin, qmax);
   check_param_dtype(op, x, scale, "scale");
   TORCH_CHECK_TYPE(zero_point.scalar_type() == at::kInt || zero_point.scalar_type() == at::kLong ||
                        at::isFloatingType(zero_point.scalar_type()),
@@ -21,7 +21,9 @@ UniformArgs prepare_uniform(const char* op, const at::Tensor& x, const at::Tenso
   check_same_device(op, x, zero_point, "zero_point");
   TORCH_CHECK_VALUE(zero_point.sizes() == scale.sizes(), op, ": zero_point shape ", zero_point.sizes(),
                     " does not match scale shape ", scale.sizes());
-  UniformArgs a{canonicalize(op, x, scale, "scale", axis, group_size), {}, {}, qmin, qmax};
+  Canonical c = codes ? canonicalize_codes(op, x, scale, "scale", axis, group_size)
+                      : canonicalize(op, x, scale, "scale", axis, group_size);
+  UniformArgs a{std::move(c), {}, {}, qmin, qmax};
   check_positive_finite(op, scale, "scale");
   check_zero_point(op, zero_point, qmin, qmax);
   a.scale = canonical_params(a.c, scale);

@@ -17,7 +17,9 @@ struct UniformArgs {
   int64_t qmin, qmax;
 };
 
+// With `codes`, x is an integer code tensor and [qmin, qmax] its dtype's range.
 UniformArgs prepare_uniform(const char* op, const at::Tensor& x, const at::Tensor& scale, const at::Tensor& zero_point,
-                            int64_t qmin, int64_t qmax, std::optional<int64_t> axis, int64_t group_size);
+                            int64_t qmin, int64_t qmax, std::optional<int64_t> axis, int64_t group_size,
+                            bool codes = false);
 
 }  // namespace quantext

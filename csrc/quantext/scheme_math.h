@@ -20,6 +20,7 @@ template <typename T>
 struct Scalar {
   using V = T;
   using Mask = bool;
+  static constexpr int kMaxScanSteps = 0;  // level search: always binary
   static QTX_HOST_DEVICE V splat(T v) { return v; }
   // Round half to even under the default rounding mode, as std::nearbyint.
   static QTX_HOST_DEVICE V round(V v) { return ::rint(v); }
@@ -29,6 +30,9 @@ struct Scalar {
   static QTX_HOST_DEVICE Mask in_range(V v, V lo, V hi) { return v >= lo && v <= hi; }
   static QTX_HOST_DEVICE Mask either(Mask a, Mask b) { return a || b; }
   static QTX_HOST_DEVICE V select(Mask m, V a, V b) { return m ? a : b; }
+  static QTX_HOST_DEVICE V abs(V v) { return v < V(0) ? -v : v; }
+  // table[index] for an integral-valued index.
+  static QTX_HOST_DEVICE V lookup(const T* table, V index) { return table[static_cast<int>(index)]; }
 };
 
 template <>
@@ -96,6 +100,128 @@ QTX_HOST_DEVICE UniformParams<acc_t> load_uniform(const scale_t* scale, const sc
   const scale_t s = scale[i];
   return {static_cast<acc_t>(s), static_cast<acc_t>(scale_t(1) / s),
           static_cast<acc_t>(Scalar<scale_t>::round(zero_point[i])), qmin, qmax};
+}
+
+}  // namespace math
+}  // namespace quantext
+
+namespace quantext {
+namespace math {
+
+// ------------------------------------------------------- uniform codes --
+// Integer code clamp(round(x / s) + z, qmin, qmax). NaN has no code: it maps
+// to the zero point (which decodes to 0). Decoding is uniform_dequant.
+template <typename P, typename V = typename P::V>
+QTX_HOST_DEVICE V uniform_quantize(V x, const UniformParams<V>& p) {
+  const V q = P::clamp(uniform_code<P>(x, p), p.qmin, p.qmax);
+  return P::select(P::in_range(q, p.qmin, p.qmax), q, p.zero_point);
+}
+
+// ------------------------------------------ level schemes (PoT, APoT) --
+// A non-uniform grid as the kernels see it: 2^steps ascending magnitude
+// levels in [0, 1] (levels[0] = 0, the last = 1) and the 2^steps - 1
+// thresholds between neighbours, in the compute type. A magnitude `a` maps to
+// index #{i : thresholds[i] < a}: on a threshold it takes the smaller level.
+// 2^steps entries make that count a branch-free binary search of `steps`
+// probes. Values are clipped to [lo, 1]: lo = -1 (signed) or 0 (unsigned).
+template <typename T>
+struct LevelTable {
+  static constexpr int kMaxSteps = 8;
+  T thresholds[(1 << kMaxSteps) - 1];
+  T levels[1 << kMaxSteps];
+  int steps;
+  T lo;
+};
+
+// Index (as an integral value of type V) of the level nearest to a in [0, 1].
+// NaN fails every comparison and gets index 0.
+template <typename P, typename T, typename V = typename P::V>
+QTX_HOST_DEVICE V level_index(V a, const LevelTable<T>& t) {
+  V index = P::splat(T(0));
+  for (int s = t.steps - 1; s >= 0; --s) {
+    const T half = T(1 << s);
+    const V probe = P::lookup(t.thresholds, index + P::splat(half - T(1)));
+    index = P::select(P::lt(probe, a), index + P::splat(half), index);
+  }
+  return index;
+}
+
+// The same index, and its level, by a linear scan over the thresholds: two
+// or three SIMD operations per threshold and no memory lookups, which beats
+// the binary search's gathers for small grids on the CPU. NaN gets index 0.
+template <typename P, typename T, typename V = typename P::V>
+QTX_HOST_DEVICE void level_scan(V a, const LevelTable<T>& t, V& index, V& magnitude) {
+  index = magnitude = P::splat(T(0));
+  const int n = (1 << t.steps) - 1;
+  for (int i = 0; i < n; ++i) {
+    const auto above = P::lt(P::splat(t.thresholds[i]), a);
+    index = P::select(above, P::splat(T(i + 1)), index);
+    magnitude = P::select(above, P::splat(t.levels[i + 1]), magnitude);
+  }
+}
+
+// v clipped to [lo, 1], its magnitude index and its signed level. Policies
+// choose the search: a scan up to P::kMaxScanSteps steps, else binary.
+template <typename V>
+struct LevelPoint {
+  V clipped, index, level;
+};
+
+template <typename P, typename T, typename V = typename P::V>
+QTX_HOST_DEVICE LevelPoint<V> level_point(V v, const LevelTable<T>& t) {
+  const V zero = P::splat(T(0));
+  const V c = P::clamp(v, P::splat(t.lo), P::splat(T(1)));
+  const V a = P::abs(c);
+  V index, magnitude;
+  if (P::kMaxScanSteps > 0 && t.steps <= P::kMaxScanSteps) {
+    level_scan<P>(a, t, index, magnitude);
+  } else {
+    index = level_index<P>(a, t);
+    magnitude = P::lookup(t.levels, index);
+  }
+  return {c, index, P::select(P::lt(c, zero), zero - magnitude, magnitude)};
+}
+
+// alpha * Q(clip(x / alpha)). NaN (the only value the clip leaves outside
+// [lo, 1]) passes through; +-inf land on the end levels.
+template <typename P, typename T, typename V = typename P::V>
+QTX_HOST_DEVICE V levels_forward(V x, V alpha, const LevelTable<T>& t) {
+  const auto p = level_point<P>(x / alpha, t);
+  return P::select(P::in_range(p.clipped, P::splat(t.lo), P::splat(T(1))), p.level * alpha, p.clipped);
+}
+
+// Clipped straight-through gradient for x and the per-element gradient for
+// alpha (APoT's reparameterized clipping): Q(v) - v inside [lo, 1], the clip
+// bound (+1 above, lo below) outside, 0 for NaN.
+template <typename V>
+struct LevelGrads {
+  V dx, dalpha;
+};
+
+template <typename P, typename T, typename V = typename P::V>
+QTX_HOST_DEVICE LevelGrads<V> levels_backward(V dy, V x, V alpha, const LevelTable<T>& t) {
+  const V zero = P::splat(T(0)), lo = P::splat(t.lo), hi = P::splat(T(1));
+  const V v = x / alpha;
+  const auto p = level_point<P>(v, t);
+  const auto inside = P::in_range(v, lo, hi);
+  const V clipped = P::select(P::lt(v, lo), lo, P::select(P::gt(v, hi), hi, zero));
+  return {P::select(inside, dy, zero), dy * P::select(inside, p.level - v, clipped)};
+}
+
+// Integer code: the magnitude index, negated for negative x (NaN -> 0).
+template <typename P, typename T, typename V = typename P::V>
+QTX_HOST_DEVICE V levels_quantize(V x, V alpha, const LevelTable<T>& t) {
+  const auto p = level_point<P>(x / alpha, t);
+  return P::select(P::lt(p.clipped, P::splat(T(0))), P::splat(T(0)) - p.index, p.index);
+}
+
+// The inverse of levels_quantize, bit-identical to levels_forward. The code
+// must lie in [-(2^steps - 1), 2^steps - 1].
+template <typename P, typename T, typename V = typename P::V>
+QTX_HOST_DEVICE V levels_dequantize(V code, V alpha, const LevelTable<T>& t) {
+  const V zero = P::splat(T(0));
+  const V magnitude = P::lookup(t.levels, P::abs(code));
+  return P::select(P::lt(code, zero), zero - magnitude, magnitude) * alpha;
 }
 
 }  // namespace math

@@ -17,6 +17,7 @@ from .export import export_onnx
 from . import calibration
 from .calibration import aciq_ratio, compute_clip, histogram, magnitude_histogram
 from .histogram_observer import HistogramObserver
+from .schemes import apot_decode_table, dequantize, fake_quant, levels, quantize
 
 __version__ = "0.1.0"
 
@@ -25,3 +26,4 @@ __all__ += ["nn", "QuantSpec", "QConfig", "prepare_qat", "calibrate", "freeze_bn
             "disable_quant", "quantizers"]
 __all__ += ["export", "export_onnx"]
 __all__ += ["calibration", "histogram", "magnitude_histogram", "compute_clip", "aciq_ratio", "HistogramObserver"]
+__all__ += ["fake_quant", "quantize", "dequantize", "levels", "apot_decode_table"]

@@ -66,3 +66,63 @@ def fake_quant_uniform(
     """
     return ops.fake_quant_uniform(x, scale, zero_point, int(qmin), int(qmax), axis, int(group_size),
                                   float(grad_factor))
+
+
+def fake_quant_levels(
+    x: torch.Tensor,
+    alpha: torch.Tensor,
+    scheme: str,
+    bits: int,
+    signed: bool = True,
+    k: int = 2,
+    rounding: str = "nearest",
+    axis: int | None = None,
+    grad_factor: float = 1.0,
+) -> torch.Tensor:
+    """Powers-of-two (``scheme="pot"``) or additive powers-of-two (``"apot"``) fake quantization.
+
+    ``y = alpha * Q(clip(x / alpha))``: ``x / alpha`` is clipped to ``[-1, 1]``
+    (signed) or ``[0, 1]`` (unsigned) and mapped to the nearest level of
+    :func:`quantext.levels` ``(scheme, bits, signed, k)``, a tie going to the
+    smaller magnitude (the level is found by a binary search over the
+    midpoints between levels). ``rounding="log"`` (PoT only) rounds
+    ``log2|x/alpha|`` to the nearest integer instead, i.e. switches levels at
+    the geometric midpoints ``2^-(j+1/2)``; a magnitude below
+    ``2^-(m+1/2)``, ``2^-m`` being the smallest non-zero level
+    (``m = 2^B - 2``), rounds to 0. NaN stays NaN; +-inf go to the end levels.
+
+    Gradients: ``dx = dy`` inside the clip range, 0 outside; for an ``alpha``
+    that requires grad, ``sum(dy * (Q(v) - v))`` inside, ``sum(dy * sign(x))``
+    above the range (0 below zero when unsigned), times ``grad_factor``.
+
+    Args:
+        x: floating tensor (float16/bfloat16/float32/float64, any layout).
+        alpha: clipping value, positive and finite: float32 (or float64 with
+            float64 ``x``), one element per tensor or ``[x.size(axis)]``.
+        scheme: ``"pot"`` or ``"apot"``.
+        bits: total bits including the sign bit (signed 2..8, unsigned 1..8).
+        signed: values below zero are representable.
+        k: APoT base bits per additive term.
+        rounding: ``"nearest"`` or ``"log"`` (PoT only).
+        axis: ``None`` per tensor, else the channel axis of ``alpha``.
+        grad_factor: multiplies the gradient of ``alpha``.
+    """
+    return ops.fake_quant_levels(x, alpha, scheme, int(bits), bool(signed), int(k), rounding, axis,
+                                 float(grad_factor))
+
+
+def weight_normalize(w: torch.Tensor, axis: int | None = None, eps: float = 1e-12) -> torch.Tensor:
+    """The APoT paper's weight normalization ``(w - mean(w)) / sqrt(var(w) + eps)``.
+
+    Statistics (population variance) are taken over the whole tensor
+    (``axis=None``) or per index of ``axis``, in float32 for half-precision
+    inputs. Autograd flows through ``w`` and through the statistics (the
+    paper's code computes them from ``w.data``, as constants).
+    """
+    rows = w.reshape(1, -1) if axis is None else w.movedim(axis, 0).reshape(w.shape[axis], -1)
+    stats_in = rows.float() if rows.dtype in (torch.float16, torch.bfloat16) else rows
+    var, mean = torch.var_mean(stats_in, dim=1, correction=0, keepdim=True)
+    out = ((stats_in - mean) * torch.rsqrt(var + eps)).to(w.dtype)
+    if axis is None:
+        return out.reshape(w.shape)
+    return out.reshape(w.movedim(axis, 0).shape).movedim(0, axis)

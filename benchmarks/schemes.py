@@ -1,0 +1,110 @@
+"""PoT / APoT fake quantization vs the uniform kernel and vs a pure-PyTorch
+composition written the way the published APoT code does it (distance from
+every element to every level: an N x levels tensor, then argmin).
+
+Per size and grid: forward and forward+backward time (learned alpha / scale
+with gradients), quantext's achieved bandwidth on forward+backward (x in, y
+out, dy in, dx out), its ratio to the 4-bit uniform kernel with a learned scale
+(target <= 1.3) and the speed-up over the composition (target >= 10 at 1e6+).
+
+    python benchmarks/schemes.py [--quick] [--full]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import machine, markdown_table, median_seconds, sizes  # noqa: E402
+
+import quantext as qx  # noqa: E402
+from quantext.functional import fake_quant_levels  # noqa: E402
+
+GRIDS = [("pot", 4), ("apot", 4), ("pot", 8), ("apot", 8)]  # signed: B = bits - 1 magnitude bits
+# The composition materializes N x levels floats; skip it beyond this many.
+MAX_COMPOSITION_FLOATS = 4e8
+
+
+def apot_reference(x: torch.Tensor, alpha: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
+    """The APoT repository's weight quantizer: clip, nearest level by distance
+    to every level, straight-through estimator via detach, times alpha."""
+    data = (x / alpha).clamp(-1, 1)
+    idx = (data.abs().unsqueeze(-1) - levels).abs().argmin(dim=-1)
+    q = levels[idx] * data.sign()
+    return ((q - data).detach() + data) * alpha
+
+
+def fwd_bwd(f, grad, inputs):
+    def run():
+        torch.autograd.grad(f(), inputs, grad)
+    return run
+
+
+def interleaved_medians(fns: dict, repeats: int, warmup: int = 2) -> dict:
+    """Median seconds of each function, timed in rounds that call every
+    function once, so that load from other processes hits all alike and the
+    ratios stay meaningful on a shared machine."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def measure(n: int, repeats: int) -> list[list[object]]:
+    x = torch.randn(n) * 0.7
+    g = torch.randn(n)
+    xg = x.clone().requires_grad_()
+    scale = torch.tensor([0.15], requires_grad=True)
+    zero = torch.zeros(1, dtype=torch.int32)
+    alpha = torch.tensor(1.2, requires_grad=True)
+    fns = {("uniform", 4, "fwd"): lambda: qx.fake_quant_uniform(x, scale.detach(), zero, -8, 7),
+           ("uniform", 4, "fwd+bwd"): fwd_bwd(lambda: qx.fake_quant_uniform(xg, scale, zero, -8, 7), g, (xg, scale))}
+    for scheme, bits in GRIDS:
+        fns[(scheme, bits, "fwd")] = (lambda s=scheme, b=bits: fake_quant_levels(x, alpha.detach(), s, b, True))
+        fns[(scheme, bits, "fwd+bwd")] = fwd_bwd(lambda s=scheme, b=bits: fake_quant_levels(xg, alpha, s, b, True),
+                                                 g, (xg, alpha))
+    t = interleaved_medians(fns, repeats)
+    # Timed apart: its N x levels temporaries would disturb the others.
+    for scheme, bits in GRIDS:
+        levels = qx.levels(scheme, bits - 1, signed=False).float()
+        if n * len(levels) <= MAX_COMPOSITION_FLOATS:
+            t[(scheme, bits, "composition")] = median_seconds(
+                fwd_bwd(lambda: apot_reference(xg, alpha, levels), g, (xg, alpha)), max(3, repeats // 3))
+    uniform = t[("uniform", 4, "fwd+bwd")]
+    rows = []
+    for scheme, bits in [("uniform", 4)] + GRIDS:
+        both = t[(scheme, bits, "fwd+bwd")]
+        composition = t.get((scheme, bits, "composition"))
+        rows.append([f"{n:.0e}", scheme, bits, t[(scheme, bits, "fwd")] * 1e3, both * 1e3, 16 * n / both / 1e9,
+                     both / uniform, "-" if scheme == "uniform" else
+                     (composition / both if composition else "skipped (N x levels too large)")])
+    return rows
+
+
+def run(quick: bool = False, full: bool = False) -> str:
+    rows = []
+    for n in sizes(quick, full):
+        rows += measure(n, 21 if n <= 10**6 else 7)
+    table = markdown_table(["elements", "scheme", "bits (signed)", "fwd ms", "fwd+bwd ms", "fwd+bwd GB/s",
+                            "fwd+bwd / uniform", "composition / quantext"], rows)
+    return f"PoT / APoT fake quant, CPU ({machine()})\n\n{table}\n"
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="sizes up to 1e6")
+    parser.add_argument("--full", action="store_true", help="sizes up to 1e8")
+    args = parser.parse_args()
+    print(run(args.quick, args.full))

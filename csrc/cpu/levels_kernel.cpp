@@ -1,0 +1,84 @@
+// CPU kernels of the level-scheme (PoT / APoT) fake-quant op: a branch-free
+// binary search over the grid's thresholds, vectorized with hardware gathers
+// (float32/float64), multi-threaded over the items of the RunLayout.
+#include <torch/library.h>
+
+#include <tuple>
+
+#include "cpu/runs.h"
+#include "cpu/vec_loops.h"
+#include "ops/dispatch.h"
+#include "ops/levels.h"
+
+namespace quantext {
+namespace cpu {
+namespace {
+
+at::Tensor fake_quant_levels_cpu(const at::Tensor& x, const at::Tensor& alpha, c10::string_view scheme, int64_t bits,
+                                 bool is_signed, int64_t k, c10::string_view rounding, std::optional<int64_t> axis,
+                                 double /*grad_factor*/) {
+  const auto a = prepare_levels("quantext.fake_quant_levels", x, alpha, scheme, bits, is_signed, k, rounding, axis);
+  at::Tensor y = a.c.empty_out();
+  dispatch_types(x, a.alpha, [&](auto x_tag, auto p_tag) {
+    using scalar_t = decltype(x_tag);
+    using param_t = decltype(p_tag);
+    using acc_t = acc_type<scalar_t>;
+    const auto table = make_level_table<acc_t>(a);
+    const scalar_t* xp = a.c.x.const_data_ptr<scalar_t>();
+    scalar_t* yp = y.mutable_data_ptr<scalar_t>();
+    const param_t* ap = a.alpha.const_data_ptr<param_t>();
+    for_each_item(a.c.layout, [&](int64_t item, int64_t begin, int64_t len) {
+      const acc_t s = static_cast<acc_t>(ap[a.c.layout.param_of_item(item)]);
+      map_run<acc_t>(xp + begin, yp + begin, len,
+                     [&]<typename P>(typename P::V v) { return math::levels_forward<P>(v, P::splat(s), table); });
+    });
+  });
+  return a.c.restore(y, x);
+}
+
+std::tuple<at::Tensor, at::Tensor> fake_quant_levels_backward_cpu(const at::Tensor& grad, const at::Tensor& x,
+                                                                  const at::Tensor& alpha, c10::string_view scheme,
+                                                                  int64_t bits, bool is_signed, int64_t k,
+                                                                  c10::string_view rounding,
+                                                                  std::optional<int64_t> axis, double grad_factor,
+                                                                  bool alpha_grad) {
+  const char* op = "quantext.fake_quant_levels_backward";
+  const auto a = prepare_levels(op, x, alpha, scheme, bits, is_signed, k, rounding, axis);
+  const at::Tensor dy = a.c.grad_in(op, grad, x);
+  at::Tensor dx = a.c.empty_out();
+  at::Tensor partials = at::zeros({alpha_grad ? a.c.layout.num_items() : 0}, x.options().dtype(at::kDouble));
+  dispatch_types(x, a.alpha, [&](auto x_tag, auto p_tag) {
+    using scalar_t = decltype(x_tag);
+    using param_t = decltype(p_tag);
+    using acc_t = acc_type<scalar_t>;
+    const auto table = make_level_table<acc_t>(a);
+    const scalar_t* xp = a.c.x.const_data_ptr<scalar_t>();
+    const scalar_t* dyp = dy.const_data_ptr<scalar_t>();
+    scalar_t* dxp = dx.mutable_data_ptr<scalar_t>();
+    const param_t* ap = a.alpha.const_data_ptr<param_t>();
+    double* part = partials.mutable_data_ptr<double>();
+    for_each_item(a.c.layout, [&](int64_t item, int64_t begin, int64_t len) {
+      const acc_t s = static_cast<acc_t>(ap[a.c.layout.param_of_item(item)]);
+      const auto g = [&]<typename P>(typename P::V d, typename P::V v) {
+        return math::levels_backward<P>(d, v, P::splat(s), table);
+      };
+      if (alpha_grad) {
+        part[item] = grad_run<true, acc_t>(dyp + begin, xp + begin, dxp + begin, len, g);
+      } else {
+        grad_run<false, acc_t>(dyp + begin, xp + begin, dxp + begin, len, g);
+      }
+    });
+  });
+  at::Tensor dalpha = alpha_grad ? a.c.reduce_items(partials * grad_factor, alpha) : at::zeros_like(alpha);
+  return {a.c.restore(dx, x), dalpha};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(quantext, CPU, m) {
+  m.impl("fake_quant_levels", &fake_quant_levels_cpu);
+  m.impl("fake_quant_levels_backward", &fake_quant_levels_backward_cpu);
+}
+
+}  // namespace cpu
+}  // namespace quantext

@@ -1,0 +1,77 @@
+// Loops over one run of elements with a scheme formula, SIMD-wide (ATen
+// Vectorized) with a scalar tail. float16/bfloat16 runs are converted to float
+// in blocks that stay in L1 and go through the float loop. Formulas are
+// template lambdas called with the math policy: f.template operator()<P>(...).
+#pragma once
+
+#include <ATen/cpu/vec/functional.h>
+
+#include <algorithm>
+#include <type_traits>
+
+#include "cpu/vec_policy.h"
+
+namespace quantext {
+namespace cpu {
+
+constexpr int64_t kConvertBlock = 512;
+
+// y[i] = f(x[i]).
+template <typename acc_t, typename scalar_t, typename F>
+void map_run(const scalar_t* x, scalar_t* y, int64_t n, const F& f) {
+  if constexpr (!std::is_same_v<scalar_t, acc_t>) {
+    acc_t xb[kConvertBlock], yb[kConvertBlock];
+    for (int64_t i = 0; i < n; i += kConvertBlock) {
+      const int64_t m = std::min(kConvertBlock, n - i);
+      at::vec::convert(x + i, xb, m);
+      map_run<acc_t>(xb, yb, m, f);
+      at::vec::convert(yb, y + i, m);
+    }
+  } else {
+    using V = at::vec::Vectorized<acc_t>;
+    int64_t i = 0;
+    for (; i + V::size() <= n; i += V::size()) f.template operator()<VecPolicy<acc_t>>(V::loadu(x + i)).store(y + i);
+    for (; i < n; ++i) y[i] = f.template operator()<math::Scalar<acc_t>>(x[i]);
+  }
+}
+
+// dx[i] = g(dy[i], x[i]).dx and, with kSum, returns the sum of the second
+// member (a parameter's gradient). Lane sums are flushed into double every
+// kFlush elements to bound rounding error.
+template <bool kSum, typename acc_t, typename scalar_t, typename G>
+double grad_run(const scalar_t* dy, const scalar_t* x, scalar_t* dx, int64_t n, const G& g) {
+  double sum = 0;
+  if constexpr (!std::is_same_v<scalar_t, acc_t>) {
+    acc_t dyb[kConvertBlock], xb[kConvertBlock], dxb[kConvertBlock];
+    for (int64_t i = 0; i < n; i += kConvertBlock) {
+      const int64_t m = std::min(kConvertBlock, n - i);
+      at::vec::convert(dy + i, dyb, m);
+      at::vec::convert(x + i, xb, m);
+      sum += grad_run<kSum, acc_t>(dyb, xb, dxb, m, g);
+      at::vec::convert(dxb, dx + i, m);
+    }
+  } else {
+    constexpr int64_t kFlush = 4096;
+    using V = at::vec::Vectorized<acc_t>;
+    int64_t i = 0;
+    while (i + V::size() <= n) {
+      V lanes(0);
+      const int64_t stop = std::min(n, i + kFlush);
+      for (; i + V::size() <= stop; i += V::size()) {
+        const auto [d, dparam] = g.template operator()<VecPolicy<acc_t>>(V::loadu(dy + i), V::loadu(x + i));
+        d.store(dx + i);
+        if constexpr (kSum) lanes += dparam;
+      }
+      if constexpr (kSum) sum += at::vec::vec_reduce_all<acc_t>(std::plus<V>(), lanes);
+    }
+    for (; i < n; ++i) {
+      const auto [d, dparam] = g.template operator()<math::Scalar<acc_t>>(dy[i], x[i]);
+      dx[i] = d;
+      if constexpr (kSum) sum += dparam;
+    }
+  }
+  return sum;
+}
+
+}  // namespace cpu
+}  // namespace quantext

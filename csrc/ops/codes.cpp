@@ -1,0 +1,88 @@
+// Schemas of the integer-code ops, their dtype rules and the C++ API entry
+// points. quantize gives the integer each element would be stored as;
+// dequantize maps codes back to values bit-identical to fake quantization.
+#include "ops/codes.h"
+
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <torch/library.h>
+
+#include "ops/canonical.h"
+#include "quantext/quantext.h"
+
+namespace quantext {
+
+at::ScalarType uniform_code_dtype(int64_t qmin, int64_t qmax) {
+  if (qmin >= -128 && qmax <= 127) return at::kChar;
+  if (qmin >= 0 && qmax <= 255) return at::kByte;
+  if (qmin >= -32768 && qmax <= 32767) return at::kShort;
+  return at::kInt;
+}
+
+std::pair<int64_t, int64_t> code_dtype_range(const char* op, const at::Tensor& codes) {
+  TORCH_CHECK_TYPE(at::isIntegralType(codes.scalar_type(), /*includeBool=*/false), op,
+                   ": codes must be an integer tensor, got dtype ", codes.scalar_type());
+  std::pair<int64_t, int64_t> range;
+  AT_DISPATCH_INTEGRAL_TYPES(codes.scalar_type(), "quantext_code_range", [&] {
+    range = {std::numeric_limits<scalar_t>::lowest(), std::numeric_limits<scalar_t>::max()};
+  });
+  return range;
+}
+
+void check_level_codes(const char* op, const at::Tensor& codes, const LevelSpec& spec) {
+  if (codes.numel() == 0 || (!codes.device().is_cpu() && !value_checks_enabled())) return;
+  const int64_t top = (int64_t{1} << spec.magnitude_bits()) - 1;
+  const int64_t lo = spec.is_signed ? -top : 0;
+  const at::Tensor bad = (codes < lo).logical_or_(codes > top);
+  if (!bad.any().item<bool>()) return;
+  const int64_t value = codes.reshape(-1).index({bad.reshape(-1)})[0].item<int64_t>();
+  TORCH_CHECK_VALUE(false, op, ": codes must lie in [", lo, ", ", top, "] for ", spec.bits, "-bit ",
+                    spec.is_signed ? "signed" : "unsigned", " levels, got ", value);
+}
+
+at::Tensor quantize_uniform(const at::Tensor& x, const at::Tensor& scale, const at::Tensor& zero_point, int64_t qmin,
+                            int64_t qmax, std::optional<int64_t> axis, int64_t group_size) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("quantext::quantize_uniform", "")
+                       .typed<decltype(quantize_uniform)>();
+  return op.call(x, scale, zero_point, qmin, qmax, axis, group_size);
+}
+
+at::Tensor dequantize_uniform(const at::Tensor& codes, const at::Tensor& scale, const at::Tensor& zero_point,
+                              std::optional<int64_t> axis, int64_t group_size) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("quantext::dequantize_uniform", "")
+                       .typed<decltype(dequantize_uniform)>();
+  return op.call(codes, scale, zero_point, axis, group_size);
+}
+
+at::Tensor quantize_levels(const at::Tensor& x, const at::Tensor& alpha, c10::string_view scheme, int64_t bits,
+                           bool is_signed, int64_t k, c10::string_view rounding, std::optional<int64_t> axis) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("quantext::quantize_levels", "")
+                       .typed<decltype(quantize_levels)>();
+  return op.call(x, alpha, scheme, bits, is_signed, k, rounding, axis);
+}
+
+at::Tensor dequantize_levels(const at::Tensor& codes, const at::Tensor& alpha, c10::string_view scheme, int64_t bits,
+                             bool is_signed, int64_t k, std::optional<int64_t> axis) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("quantext::dequantize_levels", "")
+                       .typed<decltype(dequantize_levels)>();
+  return op.call(codes, alpha, scheme, bits, is_signed, k, axis);
+}
+
+TORCH_LIBRARY_FRAGMENT(quantext, m) {
+  m.def(
+      "quantize_uniform(Tensor x, Tensor scale, Tensor zero_point, int qmin, int qmax, int? axis=None, "
+      "int group_size=0) -> Tensor");
+  m.def(
+      "dequantize_uniform(Tensor codes, Tensor scale, Tensor zero_point, int? axis=None, int group_size=0) -> Tensor");
+  m.def(
+      "quantize_levels(Tensor x, Tensor alpha, str scheme, int bits, bool signed, int k=2, str rounding=\"nearest\", "
+      "int? axis=None) -> Tensor");
+  m.def(
+      "dequantize_levels(Tensor codes, Tensor alpha, str scheme, int bits, bool signed, int k=2, int? axis=None) "
+      "-> Tensor");
+}
+
+}  // namespace quantext

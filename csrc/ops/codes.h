@@ -1,0 +1,25 @@
+// Integer-code ops (quantize / dequantize for every scheme): dtype rules and
+// checks shared by the CPU and CUDA kernels.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <utility>
+
+#include "quantext/levels.h"
+
+namespace quantext {
+
+// Narrowest dtype holding [qmin, qmax]: int8, uint8, int16, else int32.
+at::ScalarType uniform_code_dtype(int64_t qmin, int64_t qmax);
+
+// Level codes: int8 (signed grid, code = sign * magnitude index) or uint8.
+inline at::ScalarType level_code_dtype(const LevelSpec& spec) { return spec.is_signed ? at::kChar : at::kByte; }
+
+// [min, max] of the dtype of an integer code tensor (TypeError otherwise).
+std::pair<int64_t, int64_t> code_dtype_range(const char* op, const at::Tensor& codes);
+
+// Level codes must lie in [-(2^B - 1), 2^B - 1] (signed) or [0, 2^B - 1].
+void check_level_codes(const char* op, const at::Tensor& codes, const LevelSpec& spec);
+
+}  // namespace quantext

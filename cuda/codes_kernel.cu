@@ -1,0 +1,141 @@
+// CUDA kernels of the integer-code ops: elementwise grid-stride loops over the
+// same scheme-math formulas as fake quantization (codes decode to exactly its
+// outputs), level tables in shared memory.
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include "launch.cuh"
+#include "level_table.cuh"
+#include "ops/codes.h"
+#include "ops/dispatch.h"
+#include "ops/levels.h"
+#include "ops/uniform.h"
+
+namespace quantext {
+namespace cuda {
+namespace {
+
+using math::LevelTable;
+using math::Scalar;
+
+// Uniform codes (kDecode = false: x -> code) or values (true: code -> value),
+// with the parameters of each element's item.
+template <bool kDecode, typename in_t, typename out_t, typename acc_t, typename scale_t>
+__global__ void uniform_kernel(const in_t* __restrict__ in, out_t* __restrict__ out, const scale_t* __restrict__ scale,
+                               const scale_t* __restrict__ zero_point, RunLayout layout, acc_t qmin, acc_t qmax) {
+  const int64_t stride = int64_t(gridDim.x) * blockDim.x;
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < layout.numel; i += stride) {
+    const auto p = math::load_uniform<acc_t>(scale, zero_point, layout.param_of_element(i), qmin, qmax);
+    const acc_t v = static_cast<acc_t>(in[i]);
+    out[i] = static_cast<out_t>(kDecode ? math::uniform_dequant<Scalar<acc_t>>(v, p)
+                                        : math::uniform_quantize<Scalar<acc_t>>(v, p));
+  }
+}
+
+// Level codes or values. Decoding clamps the code into the table: the op
+// validates codes, unless value checks are off, and a bad code must not read
+// outside shared memory.
+template <bool kDecode, typename in_t, typename out_t, typename acc_t, typename param_t>
+__global__ void levels_kernel(const in_t* __restrict__ in, out_t* __restrict__ out, const param_t* __restrict__ alpha,
+                              RunLayout layout, const __grid_constant__ LevelTable<acc_t> table) {
+  __shared__ LevelTable<acc_t> t;
+  load_table(table, t);
+  const acc_t top = static_cast<acc_t>((1 << t.steps) - 1);
+  const int64_t stride = int64_t(gridDim.x) * blockDim.x;
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < layout.numel; i += stride) {
+    const acc_t a = static_cast<acc_t>(alpha[layout.param_of_element(i)]);
+    const acc_t v = static_cast<acc_t>(in[i]);
+    out[i] =
+        static_cast<out_t>(kDecode ? math::levels_dequantize<Scalar<acc_t>>(Scalar<acc_t>::clamp(v, -top, top), a, t)
+                                   : math::levels_quantize<Scalar<acc_t>>(v, a, t));
+  }
+}
+
+template <typename Kernel, typename... Args>
+void launch(Kernel kernel, int64_t numel, Args... args) {
+  if (numel == 0) return;
+  kernel<<<grid_for(numel), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(args...);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+at::Tensor quantize_uniform_cuda(const at::Tensor& x, const at::Tensor& scale, const at::Tensor& zero_point,
+                                 int64_t qmin, int64_t qmax, std::optional<int64_t> axis, int64_t group_size) {
+  c10::cuda::CUDAGuard guard(x.device());
+  const auto a = prepare_uniform("quantext.quantize_uniform", x, scale, zero_point, qmin, qmax, axis, group_size);
+  at::Tensor codes = at::empty_like(a.c.x, a.c.x.options().dtype(uniform_code_dtype(qmin, qmax)));
+  dispatch_types(x, a.scale, [&](auto x_tag, auto s_tag) {
+    using x_t = decltype(x_tag);
+    using scale_t = decltype(s_tag);
+    using acc_t = acc_type<x_t>;
+    AT_DISPATCH_INTEGRAL_TYPES(codes.scalar_type(), "quantext_quantize_uniform", [&] {
+      launch(uniform_kernel<false, x_t, scalar_t, acc_t, scale_t>, x.numel(), a.c.x.const_data_ptr<x_t>(),
+             codes.mutable_data_ptr<scalar_t>(), a.scale.const_data_ptr<scale_t>(),
+             a.zero_point.const_data_ptr<scale_t>(), a.c.layout, acc_t(qmin), acc_t(qmax));
+    });
+  });
+  return a.c.restore(codes, x);
+}
+
+at::Tensor dequantize_uniform_cuda(const at::Tensor& codes, const at::Tensor& scale, const at::Tensor& zero_point,
+                                   std::optional<int64_t> axis, int64_t group_size) {
+  c10::cuda::CUDAGuard guard(codes.device());
+  const char* op = "quantext.dequantize_uniform";
+  const auto [lo, hi] = code_dtype_range(op, codes);
+  const auto a = prepare_uniform(op, codes, scale, zero_point, lo, hi, axis, group_size, true);
+  at::Tensor y = at::empty_like(a.c.x, a.c.x.options().dtype(scale.scalar_type()));
+  dispatch_codes(codes, a.scale, [&](auto c_tag, auto s_tag) {
+    using code_t = decltype(c_tag);
+    using acc_t = decltype(s_tag);
+    launch(uniform_kernel<true, code_t, acc_t, acc_t, acc_t>, codes.numel(), a.c.x.const_data_ptr<code_t>(),
+           y.mutable_data_ptr<acc_t>(), a.scale.const_data_ptr<acc_t>(), a.zero_point.const_data_ptr<acc_t>(),
+           a.c.layout, acc_t(lo), acc_t(hi));
+  });
+  return a.c.restore(y, codes);
+}
+
+at::Tensor quantize_levels_cuda(const at::Tensor& x, const at::Tensor& alpha, c10::string_view scheme, int64_t bits,
+                                bool is_signed, int64_t k, c10::string_view rounding, std::optional<int64_t> axis) {
+  c10::cuda::CUDAGuard guard(x.device());
+  const auto a = prepare_levels("quantext.quantize_levels", x, alpha, scheme, bits, is_signed, k, rounding, axis);
+  at::Tensor codes = at::empty_like(a.c.x, a.c.x.options().dtype(level_code_dtype(a.spec)));
+  dispatch_types(x, a.alpha, [&](auto x_tag, auto p_tag) {
+    using x_t = decltype(x_tag);
+    using param_t = decltype(p_tag);
+    using acc_t = acc_type<x_t>;
+    AT_DISPATCH_INTEGRAL_TYPES(codes.scalar_type(), "quantext_quantize_levels", [&] {
+      launch(levels_kernel<false, x_t, scalar_t, acc_t, param_t>, x.numel(), a.c.x.const_data_ptr<x_t>(),
+             codes.mutable_data_ptr<scalar_t>(), a.alpha.const_data_ptr<param_t>(), a.c.layout,
+             make_level_table<acc_t>(a));
+    });
+  });
+  return a.c.restore(codes, x);
+}
+
+at::Tensor dequantize_levels_cuda(const at::Tensor& codes, const at::Tensor& alpha, c10::string_view scheme,
+                                  int64_t bits, bool is_signed, int64_t k, std::optional<int64_t> axis) {
+  c10::cuda::CUDAGuard guard(codes.device());
+  const char* op = "quantext.dequantize_levels";
+  const auto a = prepare_levels(op, codes, alpha, scheme, bits, is_signed, k, "nearest", axis, true);
+  check_level_codes(op, codes, a.spec);
+  at::Tensor y = at::empty_like(a.c.x, a.c.x.options().dtype(alpha.scalar_type()));
+  dispatch_codes(codes, a.alpha, [&](auto c_tag, auto p_tag) {
+    using code_t = decltype(c_tag);
+    using acc_t = decltype(p_tag);
+    launch(levels_kernel<true, code_t, acc_t, acc_t, acc_t>, codes.numel(), a.c.x.const_data_ptr<code_t>(),
+           y.mutable_data_ptr<acc_t>(), a.alpha.const_data_ptr<acc_t>(), a.c.layout, make_level_table<acc_t>(a));
+  });
+  return a.c.restore(y, codes);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(quantext, CUDA, m) {
+  m.impl("quantize_uniform", &quantize_uniform_cuda);
+  m.impl("dequantize_uniform", &dequantize_uniform_cuda);
+  m.impl("quantize_levels", &quantize_levels_cuda);
+  m.impl("dequantize_levels", &dequantize_levels_cuda);
+}
+
+}  // namespace cuda
+}  // namespace quantext

@@ -1,0 +1,127 @@
+// CUDA kernels of the level-scheme (PoT / APoT) fake-quant op: each element
+// runs the branch-free binary search of quantext/scheme_math.h over the
+// thresholds in shared memory. The backward writes dx and one alpha-gradient
+// partial per item (a block per item), reduced per parameter on the device.
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <tuple>
+
+#include "block_reduce.cuh"
+#include "launch.cuh"
+#include "level_table.cuh"
+#include "ops/dispatch.h"
+#include "ops/levels.h"
+
+namespace quantext {
+namespace cuda {
+namespace {
+
+using math::LevelTable;
+using math::Scalar;
+
+template <typename scalar_t, typename acc_t, typename param_t>
+__global__ void forward_kernel(const scalar_t* __restrict__ x, scalar_t* __restrict__ y,
+                               const param_t* __restrict__ alpha, RunLayout layout,
+                               const __grid_constant__ LevelTable<acc_t> table) {
+  __shared__ LevelTable<acc_t> t;
+  load_table(table, t);
+  const int64_t stride = int64_t(gridDim.x) * blockDim.x;
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < layout.numel; i += stride) {
+    const acc_t a = static_cast<acc_t>(alpha[layout.param_of_element(i)]);
+    y[i] = static_cast<scalar_t>(math::levels_forward<Scalar<acc_t>>(static_cast<acc_t>(x[i]), a, t));
+  }
+}
+
+template <bool kAlphaGrad, typename scalar_t, typename acc_t, typename param_t>
+__global__ void backward_kernel(const scalar_t* __restrict__ dy, const scalar_t* __restrict__ x,
+                                scalar_t* __restrict__ dx, const param_t* __restrict__ alpha, RunLayout layout,
+                                const __grid_constant__ LevelTable<acc_t> table, acc_t* __restrict__ partials) {
+  __shared__ LevelTable<acc_t> t;
+  load_table(table, t);
+  const int64_t items = layout.num_items();
+  for (int64_t item = blockIdx.x; item < items; item += gridDim.x) {
+    const acc_t a = static_cast<acc_t>(alpha[layout.param_of_item(item)]);
+    const int64_t begin = layout.item_begin(item), len = layout.item_length(item);
+    acc_t da = 0;
+    for (int64_t j = threadIdx.x; j < len; j += blockDim.x) {
+      const int64_t i = begin + j;
+      const auto g = math::levels_backward<Scalar<acc_t>>(static_cast<acc_t>(dy[i]), static_cast<acc_t>(x[i]), a, t);
+      dx[i] = static_cast<scalar_t>(g.dx);
+      da += g.dalpha;
+    }
+    if constexpr (kAlphaGrad) {
+      da = block_sum(da);
+      if (threadIdx.x == 0) partials[item] = da;
+    }
+  }
+}
+
+at::Tensor fake_quant_levels_cuda(const at::Tensor& x, const at::Tensor& alpha, c10::string_view scheme, int64_t bits,
+                                  bool is_signed, int64_t k, c10::string_view rounding, std::optional<int64_t> axis,
+                                  double /*grad_factor*/) {
+  c10::cuda::CUDAGuard guard(x.device());
+  const auto a = prepare_levels("quantext.fake_quant_levels", x, alpha, scheme, bits, is_signed, k, rounding, axis);
+  at::Tensor y = a.c.empty_out();
+  if (x.numel() == 0) return a.c.restore(y, x);
+  dispatch_types(x, a.alpha, [&](auto x_tag, auto p_tag) {
+    using scalar_t = decltype(x_tag);
+    using param_t = decltype(p_tag);
+    using acc_t = acc_type<scalar_t>;
+    forward_kernel<scalar_t, acc_t, param_t><<<grid_for(x.numel()), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+        a.c.x.const_data_ptr<scalar_t>(), y.mutable_data_ptr<scalar_t>(), a.alpha.const_data_ptr<param_t>(), a.c.layout,
+        make_level_table<acc_t>(a));
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return a.c.restore(y, x);
+}
+
+std::tuple<at::Tensor, at::Tensor> fake_quant_levels_backward_cuda(const at::Tensor& grad, const at::Tensor& x,
+                                                                   const at::Tensor& alpha, c10::string_view scheme,
+                                                                   int64_t bits, bool is_signed, int64_t k,
+                                                                   c10::string_view rounding,
+                                                                   std::optional<int64_t> axis, double grad_factor,
+                                                                   bool alpha_grad) {
+  c10::cuda::CUDAGuard guard(x.device());
+  const char* op = "quantext.fake_quant_levels_backward";
+  const auto a = prepare_levels(op, x, alpha, scheme, bits, is_signed, k, rounding, axis);
+  const at::Tensor dy = a.c.grad_in(op, grad, x);
+  at::Tensor dx = a.c.empty_out();
+  const int64_t items = a.c.layout.num_items();
+  const auto acc_dtype = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  at::Tensor partials = at::zeros({alpha_grad ? items : 0}, x.options().dtype(acc_dtype));
+  if (items > 0) {
+    dispatch_types(x, a.alpha, [&](auto x_tag, auto p_tag) {
+      using scalar_t = decltype(x_tag);
+      using param_t = decltype(p_tag);
+      using acc_t = acc_type<scalar_t>;
+      const int64_t grid = std::min<int64_t>(items, int64_t(1) << 20);
+      auto launch = [&](auto kernel) {
+        kernel<<<grid, kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+            dy.const_data_ptr<scalar_t>(), a.c.x.const_data_ptr<scalar_t>(), dx.mutable_data_ptr<scalar_t>(),
+            a.alpha.const_data_ptr<param_t>(), a.c.layout, make_level_table<acc_t>(a),
+            alpha_grad ? partials.mutable_data_ptr<acc_t>() : nullptr);
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      };
+      if (alpha_grad) {
+        launch(backward_kernel<true, scalar_t, acc_t, param_t>);
+      } else {
+        launch(backward_kernel<false, scalar_t, acc_t, param_t>);
+      }
+    });
+  }
+  at::Tensor dalpha = alpha_grad ? a.c.reduce_items(partials * grad_factor, alpha) : at::zeros_like(alpha);
+  return {a.c.restore(dx, x), dalpha};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(quantext, CUDA, m) {
+  m.impl("fake_quant_levels", &fake_quant_levels_cuda);
+  m.impl("fake_quant_levels_backward", &fake_quant_levels_backward_cuda);
+}
+
+}  // namespace cuda
+}  // namespace quantext
