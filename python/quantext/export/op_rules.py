@@ -81,18 +81,14 @@ def level_table(scheme: str, bits: int, signed: bool, k: int = 2) -> np.ndarray:
     return np.unique(np.abs(np.asarray(torch.as_tensor(table, dtype=torch.float32))))
 
 
-def _scheme_adapter(scheme: str) -> LevelsAdapter:
-    """Reads quantext's own PoT/APoT ops by argument name: x, alpha, bits,
-    signed, axis and, where present, k and rounding."""
-
-    def adapt(a: dict[str, Any]) -> LevelsArgs:
-        if a.get("rounding", "nearest") != "nearest":
-            raise ValueError(f"export of {scheme} with rounding={a['rounding']!r} is not supported: "
-                             "only rounding='nearest' has an exact ONNX composition")
-        table = level_table(scheme, a["bits"], a["signed"], a.get("k", 2))
-        return LevelsArgs(a["x"], a["alpha"], table, bool(a["signed"]), a.get("axis"))
-
-    return adapt
+def _levels_adapter(a: dict[str, Any]) -> LevelsArgs:
+    """Reads quantext's ``fake_quant_levels`` by argument name: x, alpha,
+    scheme, bits, signed, k, rounding, axis."""
+    if a["rounding"] != "nearest":
+        raise ValueError(f"export of {a['scheme']} with rounding={a['rounding']!r} is not supported: "
+                         "only rounding='nearest' has an exact ONNX composition")
+    table = level_table(a["scheme"], a["bits"], a["signed"], a["k"])
+    return LevelsArgs(a["x"], a["alpha"], table, bool(a["signed"]), a["axis"])
 
 
 def bind(op: torch._ops.OpOverload, args: Sequence[Any], kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -153,9 +149,8 @@ def _register_schemas() -> None:
 
 
 def _builtin_levels_ops() -> None:
-    for name, scheme in (("fake_quant_pot", "pot"), ("fake_quant_apot", "apot")):
-        if hasattr(torch.ops.quantext, name):
-            _LEVELS_OPS.setdefault(getattr(torch.ops.quantext, name).default, _scheme_adapter(scheme))
+    if hasattr(torch.ops.quantext, "fake_quant_levels"):
+        _LEVELS_OPS.setdefault(torch.ops.quantext.fake_quant_levels.default, _levels_adapter)
 
 
 def quant_ops() -> list[torch._ops.OpOverload]:
