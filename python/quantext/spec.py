@@ -119,12 +119,24 @@ class QConfig:
     """Quantizer specs for a layer's weight and its input activation.
 
     ``None`` leaves that tensor in float.
+
+    ``int32_bias``: round the layer's bias onto the grid integer kernels store
+    it on: int32 with step ``input scale * weight scale`` (per output
+    channel), zero point 0. ONNX Runtime does that to every Conv/Gemm bias
+    between Q/DQ pairs (its ``WeightBiasQuantization`` rewrite, and
+    ``QLinearConv``), which at 2-4 bits changes predictions; with the bias
+    already on the grid the rewrite is exact. Applies where both quantizers are
+    uniform, enabled and per tensor (input) / per tensor or channel (weight);
+    :class:`~quantext.nn.QuantConvBn2d` rounds its folded bias once BN is frozen.
     """
 
     weight: QuantSpec | None = field(default_factory=default_weight_spec)
     activation: QuantSpec | None = field(default_factory=default_activation_spec)
+    int32_bias: bool = False
 
     def __post_init__(self) -> None:
+        if not isinstance(self.int32_bias, bool):
+            raise TypeError(f"QConfig.int32_bias must be a bool, got {self.int32_bias!r}")
         for name in ("weight", "activation"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, QuantSpec):
@@ -134,6 +146,6 @@ class QConfig:
                              "activations cannot be exported to TensorRT or ONNX Runtime integer kernels")
 
     @classmethod
-    def uniform(cls, bits: int = 8, act_bits: int | None = None) -> "QConfig":
+    def uniform(cls, bits: int = 8, act_bits: int | None = None, int32_bias: bool = False) -> "QConfig":
         """W``bits`` A``act_bits`` uniform: per-channel symmetric weights, per-tensor activations."""
-        return cls(default_weight_spec(bits), default_activation_spec(act_bits or bits))
+        return cls(default_weight_spec(bits), default_activation_spec(act_bits or bits), int32_bias)
