@@ -126,7 +126,7 @@ class Recipe:
     float_lr: float = 3e-3
     qat_epochs: int = 4  # at 8 and 4 bits; low bit widths need more (LOW_BIT_EPOCHS)
     qat_lr: float = 1e-3
-    quant_lr: float = 1e-5  # learned scales / clipping values (Adam moves each by about lr per step)
+    quant_lr: float = 1e-2  # learned scales / clipping values, relative to their size (see optimizer())
     freeze_bn_epochs: int = 1  # the last epochs run with frozen BN statistics
     calibration: str = "mse"  # activations, QAT rows (weights: max)
     calibration_batches: int = 8
@@ -136,41 +136,57 @@ class Recipe:
 
 def qconfig(scheme: str, bits: int, calibration: str, learnable: bool) -> qx.QConfig:
     """Per-channel signed weights (narrow range for uniform: the symmetric grid
-    TensorRT wants) and per-tensor unsigned activations (conv inputs follow a
-    ReLU; ONNX Runtime fuses uint8 with zero point 0 into QLinearConv)."""
+    TensorRT wants), per-tensor unsigned activations (conv inputs follow a
+    ReLU; ONNX Runtime fuses uint8 with zero point 0 into QLinearConv), and
+    uniform layers' biases on the int32 grid ONNX Runtime rounds them to."""
     weight = qx.QuantSpec(scheme=scheme, bits=bits, signed=True, narrow_range=scheme == "uniform",
                           granularity="channel", axis=0, learnable=learnable, calibration="max")
     activation = qx.QuantSpec(scheme=scheme, bits=bits, signed=False, learnable=learnable, calibration=calibration)
-    return qx.QConfig(weight=weight, activation=activation)
+    return qx.QConfig(weight=weight, activation=activation, int32_bias=True)
 
 
-def signed_add_inputs(model: nn.Module) -> None:
-    """The residual branch entering an add is a BN output (signed), so the
-    add-input quantizers that ``prepare_qat`` gives the activation spec get its
-    signed variant (an unsigned grid would clip the negative half)."""
-    for name, q in qx.quantizers(model):
-        if "_input" in name.rpartition(".")[2] and not q.spec.signed:
+@torch.no_grad()
+def signed_add_inputs(model: nn.Module, batch: torch.Tensor) -> None:
+    """``prepare_qat`` gives the quantizers on residual-add inputs the
+    (unsigned) activation spec; those whose input takes negative values on
+    ``batch`` in float (a BN output: the residual branch, a projection
+    shortcut) get its signed variant, or the negative half would be clipped.
+    An identity shortcut after a ReLU stays unsigned and keeps the extra bit."""
+    adds = {name: q for name, q in qx.quantizers(model)
+            if name.rpartition(".")[2] not in ("input_quantizer", "weight_quantizer")}
+    lows: dict[str, float] = {}
+    hooks = [q.register_forward_pre_hook(lambda m, args, name=name: lows.__setitem__(name, args[0].min().item()))
+             for name, q in adds.items()]
+    qx.disable_quant(model)
+    model.eval()(batch)
+    for hook in hooks:
+        hook.remove()
+    for name, q in adds.items():
+        if lows[name] < 0:
             q.spec = q.spec.replace(signed=True)
             q.reset_observer()
 
 
 def prepare(float_model: nn.Module, scheme: str, bits: int, calibration: str, learnable: bool,
-            example: torch.Tensor) -> nn.Module:
-    model = qx.prepare_qat(float_model, qconfig(scheme, bits, calibration, learnable), example_inputs=(example,),
-                           first_last_bits=FIRST_LAST_BITS)
-    signed_add_inputs(model)
+            calibration_batch: torch.Tensor) -> nn.Module:
+    """``prepare_qat`` with first and last layer at 8 bits, add inputs signed where needed."""
+    model = qx.prepare_qat(float_model, qconfig(scheme, bits, calibration, learnable),
+                           example_inputs=(calibration_batch[:16],), first_last_bits=FIRST_LAST_BITS)
+    signed_add_inputs(model, calibration_batch)
     return model
 
 
 # ----------------------------------------------------------------------------- training, evaluation
 def optimizer(model: nn.Module, lr: float, quant_lr: float) -> torch.optim.Optimizer:
-    """Adam; quantizer parameters (scales, clipping values) get ``quant_lr``:
-    Adam's steps are about ``lr`` whatever the gradient's size, and a weight
-    scale of 1e-3 would go negative in a few steps at the weights' rate."""
-    quant = {id(p) for _, q in qx.quantizers(model) for p in q.parameters()}
-    groups = [{"params": [p for p in model.parameters() if id(p) not in quant], "lr": lr},
-              {"params": [p for p in model.parameters() if id(p) in quant], "lr": quant_lr}]
-    return torch.optim.Adam([g for g in groups if g["params"]])
+    """Adam. Its steps are about ``lr`` whatever a gradient's size, so each
+    quantizer parameter (scale, clipping value) gets ``quant_lr`` times its
+    own size as learning rate: a relative rate, since an 8-bit weight scale
+    of 1e-3 would go negative in a few steps at the weights' rate while a
+    2-bit clipping value of 0.5 would hardly move."""
+    quant = {id(p): p for _, q in qx.quantizers(model) for p in q.parameters()}
+    groups = [{"params": [p for p in model.parameters() if id(p) not in quant], "lr": lr}]
+    groups += [{"params": [p], "lr": quant_lr * p.detach().abs().mean().item()} for p in quant.values()]
+    return torch.optim.Adam(groups)
 
 
 def train(model: nn.Module, split: Split, epochs: int, lr: float, seed: int, augment: bool,
@@ -265,10 +281,9 @@ def run_job(job: Job, float_model: nn.Module, split: Split, recipe: Recipe, seed
     epochs), convert, export (verified) and run in ONNX Runtime. PTQ rows stop
     after convert (an export costs seconds; the QAT rows cover it).
     Accuracies in percent."""
-    example = split.x_test[:16]
-    model = prepare(float_model, job.scheme, job.bits, job.calibration, recipe.learnable and job.qat, example)
-    calibration = split.x_train[: recipe.calibration_batches * BATCH].split(BATCH)
-    qx.calibrate(model, calibration, progress=False)
+    calibration = split.x_train[: recipe.calibration_batches * BATCH]
+    model = prepare(float_model, job.scheme, job.bits, job.calibration, recipe.learnable and job.qat, calibration)
+    qx.calibrate(model, calibration.split(BATCH), progress=False)
     result = {"ptq": accuracy(model, split.x_test, split.y_test), "qat": None, "ort": None, "ort_differs": 0}
     if job.qat:
         epochs = recipe.qat_epochs * LOW_BIT_EPOCHS.get(job.bits, 1)
@@ -281,7 +296,7 @@ def run_job(job: Job, float_model: nn.Module, split: Split, recipe: Recipe, seed
         return result
     result["qat"] = accuracy(converted, split.x_test, split.y_test)
     path = os.path.join(onnx_dir, f"{job.filename}_seed{seed}.onnx")
-    qx.export_onnx(converted, (example,), path, verify=True, dynamic_batch=True, input_names=["image"],
+    qx.export_onnx(converted, (split.x_test[:16],), path, verify=True, dynamic_batch=True, input_names=["image"],
                    output_names=["logits"])
     result["ort"], ort_pred = ort_accuracy(path, split.x_test, split.y_test)
     with torch.no_grad():
