@@ -10,24 +10,23 @@ Per seed (a stratified train/test split, the initialization and the data order):
    with learned quantizer parameters, ``qx.freeze_bn`` for the last epochs,
    ``qx.convert``, ``qx.export_onnx(verify=True)``, accuracy in ONNX Runtime;
 3. PTQ rows: uniform, every calibration method, prepare + calibrate + convert
-   (no fine-tuning), exported and run in ONNX Runtime as well.
+   (no fine-tuning).
 
 It prints one table (mean and spread over the seeds) and writes it as Markdown
 and CSV, the per-seed numbers, and the ONNX files to ``--out``.
 
-    python examples/qat_digits.py [--out out/demo] [--seeds 3] [--epochs 5] [--quick]
+    python examples/qat_digits.py [--out out/demo] [--seeds 3] [--epochs 4] [--quick]
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import csv
 import math
 import os
 import statistics
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 import onnxruntime as ort
@@ -261,13 +260,13 @@ class Job:
     qat: bool
 
     @property
-    def label(self) -> str:
-        return f"{self.scheme} W{self.bits}A{self.bits} {'QAT' if self.qat else 'PTQ ' + self.calibration}"
+    def method(self) -> str:
+        return f"{'QAT' if self.qat else 'PTQ'}, {self.calibration}"
 
     @property
-    def filename(self) -> str:
-        kind = "qat" if self.qat else f"ptq_{self.calibration}"
-        return f"{self.scheme}_w{self.bits}a{self.bits}_{kind}"
+    def label(self) -> str:
+        return f"{self.scheme} W{self.bits}A{self.bits} {self.method}"
+
 
 
 def make_jobs(schemes=SCHEMES, qat_bits=QAT_BITS, ptq_methods=PTQ_METHODS, ptq_bits=PTQ_BITS,
@@ -284,7 +283,7 @@ def run_job(job: Job, float_model: nn.Module, split: Split, recipe: Recipe, seed
     calibration = split.x_train[: recipe.calibration_batches * BATCH]
     model = prepare(float_model, job.scheme, job.bits, job.calibration, recipe.learnable and job.qat, calibration)
     qx.calibrate(model, calibration.split(BATCH), progress=False)
-    result = {"ptq": accuracy(model, split.x_test, split.y_test), "qat": None, "ort": None, "ort_differs": 0}
+    result = {"ptq": accuracy(model, split.x_test, split.y_test), "qat": None, "ort": None, "ort_differs": None}
     if job.qat:
         epochs = recipe.qat_epochs * LOW_BIT_EPOCHS.get(job.bits, 1)
         freeze_at = epochs - recipe.freeze_bn_epochs
@@ -295,7 +294,7 @@ def run_job(job: Job, float_model: nn.Module, split: Split, recipe: Recipe, seed
     if not job.qat:
         return result
     result["qat"] = accuracy(converted, split.x_test, split.y_test)
-    path = os.path.join(onnx_dir, f"{job.filename}_seed{seed}.onnx")
+    path = os.path.join(onnx_dir, f"{job.scheme}_w{job.bits}a{job.bits}_seed{seed}.onnx")
     qx.export_onnx(converted, (split.x_test[:16],), path, verify=True, dynamic_batch=True, input_names=["image"],
                    output_names=["logits"])
     result["ort"], ort_pred = ort_accuracy(path, split.x_test, split.y_test)
@@ -322,8 +321,7 @@ def summarize(jobs: list[Job], runs: list[dict]) -> list[dict]:
     rows = []
     for job in jobs:
         mine = [r for r in runs if r["job"] == job]
-        row = {"scheme": job.scheme, "bits": job.bits,
-               "method": f"{'QAT' if job.qat else 'PTQ'}, {job.calibration}"}
+        row = {"scheme": job.scheme, "bits": job.bits, "method": job.method}
         for key in ("float", "ptq", "qat", "ort"):
             values = [r[key] for r in mine if r[key] is not None]
             row[key] = mean_spread(values) if values else None
@@ -360,21 +358,27 @@ def write_csv(rows: list[dict], path: str) -> None:
 
 
 def caption(recipe: Recipe, seeds: list[int], split: Split, float_size: int) -> str:
-    return (f"Digits (scikit-learn, 8x8), test split {len(split.y_test)} images, mean ± standard deviation over "
-            f"{len(seeds)} seed(s) (split, initialization, data order). WbAb: b-bit weights (per channel, signed) "
-            f"and activations (per tensor, unsigned after ReLU, signed on residual-add inputs) in all layers "
-            f"except the first and the last, which stay at {FIRST_LAST_BITS}-bit uniform (prepare_qat's "
-            f"first_last_bits={FIRST_LAST_BITS}). PTQ: calibrated only ({recipe.calibration_batches} batches of "
-            f"{BATCH} training images; activation method as named, weights max); for QAT rows the accuracy after "
-            f"calibration, before fine-tuning. QAT: {recipe.qat_epochs} epochs Adam lr {recipe.qat_lr} (cosine), "
-            f"{'learned step sizes (LSQ) / clipping values' if recipe.learnable else 'fixed quantizer parameters'}, "
-            f"BN statistics frozen for the last {recipe.freeze_bn_epochs} epoch(s); accuracy of the converted "
-            f"model in PyTorch. ONNX Runtime: the exported QDQ file (verified with verify=True) on the CPU provider; "
-            f"'ORT != PyTorch' counts test images, over all seeds, whose predicted class differs. Size: weights "
-            f"bit-packed at their bit width, plus float32 per-channel weight scales (PoT/APoT: clipping values), "
-            f"activation scales and folded biases; the float32 model with BN folded is {float_size} bytes. Float "
-            f"training: {recipe.float_epochs} epochs, Adam lr {recipe.float_lr} (cosine)"
-            f"{', one-pixel random shifts' if recipe.augment else ''}.")
+    e = recipe.qat_epochs
+    low = ", ".join(f"{e * f} at {b}" for b, f in LOW_BIT_EPOCHS.items())
+    learned = (f"learned scales (LSQ) and clipping values (relative lr {recipe.quant_lr})" if recipe.learnable
+               else "fixed quantizer parameters")
+    return (f"Digits (scikit-learn, 8x8 images), test split {len(split.y_test)} images; mean ± sample standard "
+            f"deviation over {len(seeds)} seed(s) (split, initialization, data order). WbAb: b-bit weights (per "
+            f"channel, signed) and activations (per tensor: unsigned after ReLU; signed on the residual-add inputs "
+            f"that take negative values) in every layer except the first and the last, which stay at "
+            f"{FIRST_LAST_BITS}-bit uniform as the seed advises (prepare_qat's first_last_bits={FIRST_LAST_BITS}). "
+            f"PTQ: calibration only ({recipe.calibration_batches} batches of {BATCH} training images; activations "
+            f"by the method named, weights max); in QAT rows, the accuracy after calibration, before fine-tuning. "
+            f"QAT: Adam lr {recipe.qat_lr} with a cosine schedule for {e} epochs at 8 and 4 bits ({low} bits), "
+            f"{learned}, "
+            f"BN statistics frozen for the last {recipe.freeze_bn_epochs} epoch(s), uniform layers' biases on the "
+            f"int32 grid (QConfig.int32_bias); accuracy of the converted model in PyTorch. ONNX Runtime: the "
+            f"exported file (qx.export_onnx, verify=True) in a default CPU session (all graph optimizations, int8 "
+            f"QLinearConv kernels where it fuses them); 'ORT != PyTorch' counts the test images, over all seeds, "
+            f"whose predicted class differs. Size: weights bit-packed at their bit width, plus float32 per-channel "
+            f"weight scales (PoT/APoT: clipping values), activation scales and 32-bit biases (BN folded); the "
+            f"float32 model with BN folded takes {float_size} bytes. Float model: {recipe.float_epochs} epochs, "
+            f"Adam lr {recipe.float_lr} (cosine){', one-pixel random shifts' if recipe.augment else ''}.")
 
 
 def run_demo(jobs: list[Job], seeds: list[int], recipe: Recipe, out: str, subset: int | None = None,
@@ -384,6 +388,7 @@ def run_demo(jobs: list[Job], seeds: list[int], recipe: Recipe, out: str, subset
     onnx_dir = os.path.join(out, "onnx")
     os.makedirs(onnx_dir, exist_ok=True)
     runs = []
+    start = time.perf_counter()
     bar = tqdm(total=len(seeds) * (1 + len(jobs)), desc="demo", disable=not progress)
     for seed in seeds:
         split = digits_split(seed, subset=subset)
@@ -400,17 +405,20 @@ def run_demo(jobs: list[Job], seeds: list[int], recipe: Recipe, out: str, subset
             bar.update()
     bar.close()
     rows = summarize(jobs, runs)
-    text = markdown(rows, caption(recipe, seeds, split, float_bytes(float_model)))
+    timing = (f"Wall time {time.perf_counter() - start:.0f} s for {len(seeds)} seed(s) and {len(jobs)} rows "
+              f"({os.cpu_count()} CPUs, {torch.get_num_threads()} torch thread(s)).")
+    text = markdown(rows, caption(recipe, seeds, split, float_bytes(float_model)) + "\n\n" + timing)
     with open(os.path.join(out, "table.md"), "w") as f:
         f.write(text)
     write_csv(rows, os.path.join(out, "table.csv"))
     with open(os.path.join(out, "runs.csv"), "w", newline="") as f:
-        writer = csv.DictWriter(f, ["seed", "scheme", "bits", "method", "float", "ptq", "qat", "ort",
-                                    "ort_differs", "bytes"])
+        fields = ["seed", "scheme", "bits", "method", "float", "ptq", "qat", "ort", "ort_differs", "bytes"]
+        writer = csv.DictWriter(f, fields)
         writer.writeheader()
         for r in runs:
-            job = r.pop("job")
-            writer.writerow({"scheme": job.scheme, "bits": job.bits, "method": job.label.split(" ", 2)[2], **r})
+            job = r["job"]
+            writer.writerow({**{k: r[k] for k in fields if k in r}, "scheme": job.scheme, "bits": job.bits,
+                             "method": job.method})
     return rows
 
 
@@ -418,23 +426,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", default="out/demo", help="output folder (default: out/demo)")
     parser.add_argument("--seeds", type=int, default=3, help="number of seeds (default 3)")
-    parser.add_argument("--epochs", type=int, default=Recipe.qat_epochs, help="QAT epochs per row")
+    parser.add_argument("--epochs", type=int, default=Recipe.qat_epochs,
+                        help=f"QAT epochs at 8 and 4 bits, times {LOW_BIT_EPOCHS} at lower bit widths "
+                             f"(default {Recipe.qat_epochs})")
     parser.add_argument("--schemes", nargs="+", default=list(SCHEMES), choices=SCHEMES)
-    parser.add_argument("--quick", action="store_true",
-                        help="smoke test: one seed, fewer epochs, W8A8 and W4A4, PTQ at 8 bits")
+    parser.add_argument("--quick", action="store_true", help="smoke test: one seed, 10 float and 1 QAT epoch")
     args = parser.parse_args()
-    recipe = Recipe(qat_epochs=args.epochs)
-    seeds, qat_bits, ptq_bits = list(range(args.seeds)), QAT_BITS, PTQ_BITS
+    recipe, seeds = Recipe(qat_epochs=args.epochs), list(range(args.seeds))
     if args.quick:
-        recipe = replace(recipe, float_epochs=10, qat_epochs=min(args.epochs, 2))
-        seeds, qat_bits, ptq_bits = [0], (8, 4), (8,)
-    torch.set_num_threads(max(1, min(torch.get_num_threads(), 4)))
-    start = time.perf_counter()
-    rows = run_demo(make_jobs(args.schemes, qat_bits, PTQ_METHODS, ptq_bits, recipe), seeds, recipe, args.out)
+        recipe, seeds = replace(recipe, float_epochs=10, qat_epochs=1), [0]
+    # The tensors are tiny: one thread per process is fastest, and on a shared
+    # machine intra-op threads that wait for each other are much slower.
+    torch.set_num_threads(1)
+    rows = run_demo(make_jobs(args.schemes, QAT_BITS, PTQ_METHODS, PTQ_BITS, recipe), seeds, recipe, args.out)
     with open(os.path.join(args.out, "table.md")) as f:
         print(f.read())
-    print(f"{len(rows)} rows in {time.perf_counter() - start:.0f} s; wrote {args.out}/table.md, table.csv, "
-          f"runs.csv and onnx/")
+    print(f"{len(rows)} rows; wrote {args.out}/table.md, table.csv, runs.csv and onnx/")
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ def test_demo_pipeline_tiny(demo, tmp_path):
     assert ptq["qat"] is None and ptq["ort"] is None and ptq["ort_differs"] is None
     assert ptq["bytes"] > qat["bytes"] > 0  # 8-bit weights take more room than 4-bit ones
 
-    assert os.path.isfile(tmp_path / "onnx" / "uniform_w4a4_qat_seed0.onnx")
+    assert os.path.isfile(tmp_path / "onnx" / "uniform_w4a4_seed0.onnx")
     lines = (tmp_path / "table.md").read_text().splitlines()
     assert lines[0] == "| " + " | ".join(demo.HEADER) + " |" and len(lines) >= 4
     with open(tmp_path / "table.csv") as f:
