@@ -17,6 +17,7 @@ see functional adds, so no add quantizers are inserted.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import operator
 import warnings
 from typing import Any, Callable, Iterable
@@ -130,7 +131,7 @@ def _layer_qconfig(qconfig: QConfig, bits: int, first: bool) -> QConfig:
     activation = uniform(qconfig.activation, weight=False)
     if first and activation is not None and activation.symmetric and not activation.signed:
         activation = activation.replace(signed=True)
-    return QConfig(weight=uniform(qconfig.weight, weight=True), activation=activation)
+    return dataclasses.replace(qconfig, weight=uniform(qconfig.weight, weight=True), activation=activation)
 
 
 def _qconfig_for(layers: list[str], qconfig: QConfig, first_last_bits) -> Callable[[str], QConfig | None]:

@@ -130,12 +130,24 @@ class QConfig:
     """Quantizer specs for a layer's weight and its input activation.
 
     ``None`` leaves that tensor in float.
+
+    ``int32_bias``: round the layer's bias onto the grid integer kernels store
+    it on: int32 with step ``input scale * weight scale`` (per output
+    channel), zero point 0. ONNX Runtime does that to every Conv/Gemm bias
+    between Q/DQ pairs (its ``WeightBiasQuantization`` rewrite, and
+    ``QLinearConv``), which at 2-4 bits changes predictions; with the bias
+    already on the grid the rewrite is exact. Applies where both quantizers are
+    uniform, enabled and per tensor (input) / per tensor or channel (weight);
+    :class:`~quantext.nn.QuantConvBn2d` rounds its folded bias once BN is frozen.
     """
 
     weight: QuantSpec | None = field(default_factory=default_weight_spec)
     activation: QuantSpec | None = field(default_factory=default_activation_spec)
+    int32_bias: bool = False
 
     def __post_init__(self) -> None:
+        if not isinstance(self.int32_bias, bool):
+            raise TypeError(f"QConfig.int32_bias must be a bool, got {self.int32_bias!r}")
         for name in ("weight", "activation"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, QuantSpec):
@@ -145,7 +157,8 @@ class QConfig:
                              "activations cannot be exported to TensorRT or ONNX Runtime integer kernels")
 
     @classmethod
-    def uniform(cls, bits: int = 8, act_bits: int | None = None, backend: str = "tensorrt") -> "QConfig":
+    def uniform(cls, bits: int = 8, act_bits: int | None = None, backend: str = "tensorrt",
+                int32_bias: bool = False) -> "QConfig":
         """W``bits`` A``act_bits`` uniform: per-channel symmetric weights, per-tensor
         activations in the form the deployment ``backend`` runs as integers
         (docs/export.md):
@@ -157,9 +170,11 @@ class QConfig:
           ``QLinearConv``/``QGemm``/``QLinearAdd`` only when its input and output
           quantizers share one type, and absorbs a ReLU before a quantizer only
           when the zero point is the type's minimum.
+
+        ``int32_bias``: see :class:`QConfig`.
         """
         _choice("backend", backend, BACKENDS)
         activation = default_activation_spec(act_bits or bits)
         if backend == "onnxruntime":
             activation = activation.replace(signed=False, symmetric=False)
-        return cls(default_weight_spec(bits), activation)
+        return cls(default_weight_spec(bits), activation, int32_bias)
