@@ -3,4 +3,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/bootstrap.sh
-.venv/bin/python examples/error_per_bits.py "$@"
+.venv/bin/python examples/qat_digits.py "$@"

@@ -18,6 +18,12 @@ def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
         raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
 
 
+def _typed(name: str, value, kind: type) -> None:
+    """A bool where an int is expected (or a float, an int-like string ...) is a TypeError."""
+    if kind is int and isinstance(value, bool) or not isinstance(value, kind):
+        raise TypeError(f"{name} must be {'an int' if kind is int else 'a bool'}, got {value!r}")
+
+
 @dataclass(frozen=True)
 class QuantSpec:
     """How one tensor is quantized.
@@ -65,8 +71,12 @@ class QuantSpec:
         _choice("granularity", self.granularity, GRANULARITIES)
         _choice("calibration", self.calibration, CALIBRATION_METHODS)
         _choice("rounding", self.rounding, ROUNDINGS)
-        if isinstance(self.bits, bool) or not isinstance(self.bits, int):
-            raise TypeError(f"bits must be an int, got {self.bits!r}")
+        for name in ("bits", "axis", "k") + (("group_size",) if self.group_size is not None else ()):
+            _typed(name, getattr(self, name), int)
+        for name in ("signed", "symmetric", "narrow_range", "learnable", "weight_norm"):
+            _typed(name, getattr(self, name), bool)
+        if isinstance(self.percentile, bool) or not isinstance(self.percentile, (int, float)):
+            raise TypeError(f"percentile must be a number, got {self.percentile!r}")
         lo, hi = (2, 16) if self.scheme == "uniform" else (1 if not self.signed else 2, 8)
         if not lo <= self.bits <= hi:
             raise ValueError(f"bits={self.bits} is out of range [{lo}, {hi}] for scheme={self.scheme!r}"
@@ -120,12 +130,24 @@ class QConfig:
     """Quantizer specs for a layer's weight and its input activation.
 
     ``None`` leaves that tensor in float.
+
+    ``int32_bias``: round the layer's bias onto the grid integer kernels store
+    it on: int32 with step ``input scale * weight scale`` (per output
+    channel), zero point 0. ONNX Runtime does that to every Conv/Gemm bias
+    between Q/DQ pairs (its ``WeightBiasQuantization`` rewrite, and
+    ``QLinearConv``), which at 2-4 bits changes predictions; with the bias
+    already on the grid the rewrite is exact. Applies where both quantizers are
+    uniform, enabled and per tensor (input) / per tensor or channel (weight);
+    :class:`~quantext.nn.QuantConvBn2d` rounds its folded bias once BN is frozen.
     """
 
     weight: QuantSpec | None = field(default_factory=default_weight_spec)
     activation: QuantSpec | None = field(default_factory=default_activation_spec)
+    int32_bias: bool = False
 
     def __post_init__(self) -> None:
+        if not isinstance(self.int32_bias, bool):
+            raise TypeError(f"QConfig.int32_bias must be a bool, got {self.int32_bias!r}")
         for name in ("weight", "activation"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, QuantSpec):
@@ -135,7 +157,8 @@ class QConfig:
                              "activations cannot be exported to TensorRT or ONNX Runtime integer kernels")
 
     @classmethod
-    def uniform(cls, bits: int = 8, act_bits: int | None = None, backend: str = "tensorrt") -> "QConfig":
+    def uniform(cls, bits: int = 8, act_bits: int | None = None, backend: str = "tensorrt",
+                int32_bias: bool = False) -> "QConfig":
         """W``bits`` A``act_bits`` uniform: per-channel symmetric weights, per-tensor
         activations in the form the deployment ``backend`` runs as integers
         (docs/export.md):
@@ -147,9 +170,11 @@ class QConfig:
           ``QLinearConv``/``QGemm``/``QLinearAdd`` only when its input and output
           quantizers share one type, and absorbs a ReLU before a quantizer only
           when the zero point is the type's minimum.
+
+        ``int32_bias``: see :class:`QConfig`.
         """
         _choice("backend", backend, BACKENDS)
         activation = default_activation_spec(act_bits or bits)
         if backend == "onnxruntime":
             activation = activation.replace(signed=False, symmetric=False)
-        return cls(default_weight_spec(bits), activation)
+        return cls(default_weight_spec(bits), activation, int32_bias)

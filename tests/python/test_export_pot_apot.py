@@ -20,7 +20,7 @@ from torch import nn
 import quantext as qx
 from quantext.export import LevelsArgs, level_table, register_levels_op
 from quantext.export.graph import module_path, producers
-from quantext.export.op_rules import thresholds
+from quantext.export.qdq_rules import thresholds
 from quantext.spec import QuantSpec
 
 # (scheme, bits, signed): B = bits - 1 magnitude bits when signed, bits when unsigned
@@ -28,6 +28,7 @@ GRIDS = {
     "pot4s": ("pot", 4, True),
     "pot4u": ("pot", 4, False),
     "pot8s": ("pot", 8, True),  # 128 magnitudes: 7 search rounds
+    "pot8u": ("pot", 8, False),  # 2^-254 .. 2^-150 underflow float32: equal (zero) levels
     "apot3s": ("apot", 3, True),  # B = 2
     "apot3u": ("apot", 3, False),
     "apot5s": ("apot", 5, True),  # B = 4: 1/48, 1/12, 2/3, ... are not float32 numbers
@@ -57,8 +58,8 @@ class Only(nn.Module):
 def edge_inputs(scheme: str, bits: int, signed: bool, alpha: float, rng: np.random.Generator) -> torch.Tensor:
     """Midpoints (exact ties when alpha is a power of two) and their float32
     neighbours, levels, the clip points, infinities, zeros, and random values."""
-    levels = level_table(scheme, bits, signed)
-    t = np.concatenate([thresholds(levels), levels.astype(np.float32)]) * np.float32(alpha)
+    levels = level_table(scheme, bits, signed).astype(np.float32)
+    t = np.concatenate([thresholds(levels), levels]) * np.float32(alpha)
     near = np.concatenate([t, np.nextafter(t, np.float32(np.inf)), np.nextafter(t, np.float32(-np.inf))])
     special = np.array([0.0, -0.0, np.inf, -np.inf, 3e38, -3e38, 1e-38, alpha * 1.5], np.float32)
     rand = (rng.standard_normal(20000) * alpha * rng.choice([0.01, 0.3, 1.0, 3.0], 20000)).astype(np.float32)
@@ -152,9 +153,9 @@ def test_uncalibrated_alpha_and_log_rounding_are_refused(tmp_path):
 
 @pytest.mark.parametrize("scheme,bits", [("pot", 5), ("apot", 5), ("apot", 6), ("apot", 8)])
 def test_thresholds_decide_as_exact_midpoints(scheme, bits):
-    exact = ref.magnitudes(scheme, bits - 1)
-    mid = [(a + b) / 2 for a, b in zip(exact, exact[1:])]
-    t = thresholds(level_table(scheme, bits, True))
+    levels = level_table(scheme, bits, True).astype(np.float32)  # 1/48, 1/12, 2/3, ...: midpoints round
+    mid = [(Fraction(float(a)) + Fraction(float(b))) / 2 for a, b in zip(levels, levels[1:])]
+    t = thresholds(levels)
     for v in np.concatenate([t, np.nextafter(t, np.float32(1)), np.nextafter(t, np.float32(0))]):
         assert (v > t).tolist() == [Fraction(float(v)) > m for m in mid]
 

@@ -36,8 +36,9 @@ class LevelsArgs:
     Attributes:
         x: the input (a symbolic tensor during export).
         alpha: clipping value, one element or one per index of ``axis``.
-        levels: normalized magnitudes, ascending, from 0 to 1, as exact as the
-            op has them (float64): rounding switches at their midpoints.
+        levels: normalized magnitudes, ascending, from 0 to 1; rounding
+            switches at the midpoints of their float32 values (as quantext's
+            kernels do).
         signed: the levels are mirrored to negative values.
         axis: ``None`` per tensor, else the axis of a per-channel ``alpha``.
     """
@@ -74,18 +75,7 @@ def level_table(scheme: str, bits: int, signed: bool, k: int = 2) -> np.ndarray:
     return table[table >= 0]
 
 
-def thresholds(levels: np.ndarray) -> np.ndarray:
-    """The rounding thresholds of a level table, float32: the midpoints between
-    neighbouring float64 levels rounded down, so that for a float32 ``v``,
-    ``v > t`` exactly when ``v`` lies above the midpoint (quantext's kernels
-    build theirs the same way)."""
-    lv = np.asarray(levels, np.float64)
-    mid = (lv[:-1] + lv[1:]) / 2
-    t32 = mid.astype(np.float32)
-    return np.where(t32.astype(np.float64) > mid, np.nextafter(t32, np.float32(-np.inf)), t32)
-
-
-def _quantext_levels(a: dict[str, Any]) -> LevelsArgs:
+def _levels_adapter(a: dict[str, Any]) -> LevelsArgs:
     """Reads ``quantext::fake_quant_levels(x, alpha, scheme, bits, signed, k, rounding, axis, grad_factor)``."""
     if a["rounding"] != "nearest":
         raise ValueError(f"export of scheme={a['scheme']!r} with rounding={a['rounding']!r} is not supported: "
@@ -124,10 +114,8 @@ def _translate_uniform(opset: Any, call_index: Callable[[], int]) -> Callable[..
 def _translate_levels(opset: Any, op: torch._ops.OpOverload, call_index: Callable[[], int]) -> Callable[..., Any]:
     def translate(*args: Any, **kwargs: Any) -> Any:
         d = _LEVELS_OPS[op](bind(op, args, kwargs))
-        levels = np.asarray(d.levels, np.float64)
-        return opset.FakeQuantLevels(d.x, d.alpha, levels=levels.astype(np.float32).tolist(),
-                                      thresholds=thresholds(levels).tolist(), signed=int(d.signed),
-                                      axis=_axis_attr(d.x, d.axis), call_index=call_index())
+        return opset.FakeQuantLevels(d.x, d.alpha, levels=np.asarray(d.levels, np.float32).tolist(),
+                                      signed=int(d.signed), axis=_axis_attr(d.x, d.axis), call_index=call_index())
 
     return translate
 
@@ -149,8 +137,8 @@ def _register_schemas() -> None:
     onnx.defs.register_schema(OpSchema(
         LEVELS, DOMAIN, 1, inputs=[param("x", "T"), param("alpha", "S")], outputs=[param("y", "T")],
         type_constraints=common,
-        attributes=[attr("levels", OpSchema.AttrType.FLOATS, ""), attr("thresholds", OpSchema.AttrType.FLOATS, ""),
-                    attr("signed", ints, ""), attr("axis", ints, ""), attr("call_index", ints, "")]))
+        attributes=[attr("levels", OpSchema.AttrType.FLOATS, ""), attr("signed", ints, ""), attr("axis", ints, ""),
+                    attr("call_index", ints, "")]))
 
 
 def quant_ops() -> list[torch._ops.OpOverload]:
@@ -206,4 +194,4 @@ def check_ops(program: torch.export.ExportedProgram) -> None:
             "that rounds to a level table, register it with quantext.export.register_levels_op.")
 
 
-register_levels_op(torch.ops.quantext.fake_quant_levels.default, _quantext_levels)
+register_levels_op(torch.ops.quantext.fake_quant_levels.default, _levels_adapter)

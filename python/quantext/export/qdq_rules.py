@@ -13,10 +13,10 @@ ONNX operators.
 - Level tables, run-time input: ``v = x / alpha``; the level index
   ``#{thresholds t : |v| > t}`` by a branch-free binary search over the
   midpoints (``Gather``/``Greater``/``Where``, no ``levels x size`` tensor);
-  then ``Gather(levels) * alpha * sign(v)``. The thresholds come with the
-  node (:func:`.op_rules.thresholds`: midpoints rounded down to float32), so
-  ``|v| > t`` decides as quantext's kernels do and a tie goes to the smaller
-  magnitude.
+  then ``Gather(levels) * alpha * sign(v)``. Thresholds are exact midpoints
+  of the float32 levels, rounded down to float32 (as quantext's kernels build
+  theirs), so ``|v| > t`` is decided as in exact arithmetic and a tie goes to
+  the smaller magnitude.
 """
 
 from __future__ import annotations
@@ -165,13 +165,25 @@ def _lower_uniform(g: Graph, node: onnx.NodeProto, opset: int) -> tuple[list[onn
     return emit.nodes, (scale.max(), None) if a["group_size"] else (scale, axis)
 
 
+def thresholds(levels: np.ndarray) -> np.ndarray:
+    """Midpoints between neighbouring float32 levels, computed exactly and
+    rounded down to float32: for float32 ``v``, ``v > t32`` iff ``v > t``
+    (quantext's kernels build their thresholds the same way)."""
+    lv = levels.astype(np.float64)
+    mid = (lv[:-1] + lv[1:]) / 2  # exact: float32 values have 24-bit mantissas
+    t32 = mid.astype(np.float32)
+    return np.where(t32.astype(np.float64) > mid, np.nextafter(t32, np.float32(-np.inf)), t32)
+
+
 def _lower_levels(g: Graph, node: onnx.NodeProto, opset: int) -> tuple[list[onnx.NodeProto], Step]:
     a = _attrs(node)
     axis = None if a["axis"] == op_rules.PER_TENSOR else a["axis"]
     _check_input_type(g, node)
-    levels, t = np.asarray(a["levels"], np.float32), np.asarray(a["thresholds"], np.float32)
-    if levels.ndim != 1 or levels.size < 2 or levels[0] != 0 or np.any(np.diff(levels) <= 0):
+    levels = np.asarray(a["levels"], np.float32)
+    # (non-decreasing: the smallest powers of an 8-bit unsigned PoT grid underflow float32 to 0)
+    if levels.ndim != 1 or levels.size < 2 or levels[0] != 0 or levels[-1] <= 0 or np.any(np.diff(levels) < 0):
         raise ValueError(f"{describe(node)}: levels must ascend from 0, got {levels.tolist()}")
+    t = thresholds(levels)
     alpha = _param(g, node, 1, "alpha", positive=True).astype(np.float32).reshape(-1)
     if axis is None and alpha.size != 1:
         raise ValueError(f"{describe(node)}: a per-tensor quantizer needs one alpha, got {alpha.size}")

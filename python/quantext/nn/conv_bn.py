@@ -42,7 +42,7 @@ from torch import nn
 
 from ..spec import QConfig
 from ._mirrored import MirroredStateMixin
-from .layers import QuantConv2d, attach_quantizers, quantize_or_identity
+from .layers import QuantConv2d, attach_quantizers, layer_bias, quantize_or_identity
 
 BN_STATS = ("exact", "approx")
 
@@ -154,7 +154,7 @@ class QuantConvBn2d(MirroredStateMixin, nn.Conv2d):
 
     def _forward_frozen(self, x: torch.Tensor) -> torch.Tensor:
         w = quantize_or_identity(self.weight_quantizer, self.folded_weight())
-        return self._conv_forward(x, w, self.folded_bias())
+        return self._conv_forward(x, w, layer_bias(self, self.folded_bias()))
 
     def _forward_exact(self, x: torch.Tensor) -> torch.Tensor:
         y = self._conv_forward(x, self.weight, None)  # the extra float convolution: batch statistics

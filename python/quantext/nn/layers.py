@@ -24,6 +24,30 @@ def quantize_or_identity(quantizer: Quantizer | None, x: torch.Tensor) -> torch.
     return x if quantizer is None else quantizer(x)
 
 
+def _uniform_scale(quantizer: Quantizer | None, granularities: tuple[str, ...]) -> torch.Tensor | None:
+    """The scale a uniform quantizer uses now (detached), or ``None`` when it
+    is absent, off, uncalibrated, of another scheme or granularity."""
+    if quantizer is None or quantizer.spec.scheme != "uniform" or quantizer.spec.granularity not in granularities \
+            or not (quantizer.enabled and quantizer.calibrated):
+        return None
+    return quantizer._effective()["scale"].detach()
+
+
+def layer_bias(module: nn.Module, bias: torch.Tensor | None) -> torch.Tensor | None:
+    """``bias`` as the layer uses it: with ``qconfig.int32_bias``, rounded onto
+    the int32 grid of step ``input scale * weight scale`` (see
+    :class:`~quantext.QConfig`), with a straight-through gradient for the bias
+    and none for the scales; otherwise unchanged."""
+    if bias is None or not module.qconfig.int32_bias:
+        return bias
+    s_in = _uniform_scale(module.input_quantizer, ("tensor",))
+    s_w = _uniform_scale(module.weight_quantizer, ("tensor", "channel"))
+    if s_in is None or s_w is None:
+        return bias
+    step = (s_in * s_w).reshape(-1)  # float32 product, as ONNX Runtime forms it
+    return bias + (torch.round(bias / step) * step - bias).detach()
+
+
 def attach_quantizers(module: nn.Module, qconfig: QConfig, weight_shape: Sequence[int]) -> None:
     """Gives ``module`` its ``qconfig``, ``weight_quantizer`` and ``input_quantizer``."""
     if not isinstance(qconfig, QConfig):
@@ -50,7 +74,8 @@ class QuantConv2d(nn.Conv2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = quantize_or_identity(self.input_quantizer, x)
-        return self._conv_forward(x, quantize_or_identity(self.weight_quantizer, self.weight), self.bias)
+        w = quantize_or_identity(self.weight_quantizer, self.weight)
+        return self._conv_forward(x, w, layer_bias(self, self.bias))
 
     @classmethod
     def from_float(cls, module: nn.Conv2d, qconfig: QConfig) -> "QuantConv2d":
@@ -74,7 +99,7 @@ class QuantLinear(nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = quantize_or_identity(self.input_quantizer, x)
-        return F.linear(x, quantize_or_identity(self.weight_quantizer, self.weight), self.bias)
+        return F.linear(x, quantize_or_identity(self.weight_quantizer, self.weight), layer_bias(self, self.bias))
 
     @classmethod
     def from_float(cls, module: nn.Linear, qconfig: QConfig) -> "QuantLinear":
