@@ -132,8 +132,13 @@ def test_qat_models_with_pot_and_apot_verify(tmp_path, name, qconfig, first_last
     onnx.checker.check_model(proto, full_check=True)
     layers = {n for n, m in model.named_modules() if isinstance(m, (qx.nn.QuantConv2d, qx.nn.QuantLinear))
               and m.weight_quantizer.spec.scheme == "pot"}
-    coded = {module_path(n) for n in proto.graph.node if n.op_type == "Cast"}  # the codes' Cast before Gather
-    assert layers and coded == {f"{layer}.weight_quantizer" for layer in layers}
+    consts = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
+    coded = {module_path(n): consts[n.input[0]] for n in proto.graph.node if n.op_type == "Cast"}  # before Gather
+    assert layers and set(coded) == {f"{layer}.weight_quantizer" for layer in layers}
+    for layer in layers:  # quantext's own codes (of the normalized weight with weight_norm)
+        q = model.get_submodule(f"{layer}.weight_quantizer")
+        want = qx.quantize(model.get_submodule(layer).weight.detach(), q.spec, alpha=q.alpha)
+        np.testing.assert_array_equal(coded[f"{layer}.weight_quantizer"], want.numpy())
     uniform = any(n.op_type == "QuantizeLinear" for n in proto.graph.node)
     assert uniform == (first_last_bits is not None)
 
