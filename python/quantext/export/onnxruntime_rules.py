@@ -35,7 +35,8 @@ def check_onnxruntime_rules(model: str | os.PathLike | onnx.ModelProto) -> list[
         if not all(getattr(dq, "op_type", None) == "DequantizeLinear" for dq in (x_dq, w_dq)):
             continue
         x_scale, w_scale = g.const(x_dq.input[1]), g.const(w_dq.input[1])
-        if x_scale is None or w_scale is None or x_scale.size != 1:
+        # Per-group weight scales (2-D) have no per-output-channel bias grid.
+        if x_scale is None or w_scale is None or x_scale.size != 1 or w_scale.ndim > 1:
             continue
         steps = np.abs(g.const(node.input[2]).astype(np.float64)) / (float(x_scale) * w_scale.astype(np.float64))
         if steps.max() > INT32_MAX:
