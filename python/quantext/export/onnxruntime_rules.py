@@ -35,8 +35,9 @@ def check_onnxruntime_rules(model: str | os.PathLike | onnx.ModelProto) -> list[
         if not all(getattr(dq, "op_type", None) == "DequantizeLinear" for dq in (x_dq, w_dq)):
             continue
         x_scale, w_scale, bias = g.const(x_dq.input[1]), g.const(w_dq.input[1]), g.const(node.input[2])
-        # per tensor or per output channel (blocked weights are not rewritten)
-        if x_scale is None or w_scale is None or x_scale.size != 1 or w_scale.size not in (1, bias.size):
+        # per tensor or per output channel: per-group (blocked) weight scales have no per-channel bias grid
+        if x_scale is None or w_scale is None or x_scale.size != 1 or w_scale.ndim > 1 or \
+                w_scale.size not in (1, bias.size):
             continue
         steps = np.abs(bias.astype(np.float64)) / (float(x_scale) * w_scale.astype(np.float64).reshape(-1))
         if steps.max() > INT32_MAX:
