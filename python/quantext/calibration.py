@@ -69,7 +69,10 @@ _TENGINE_CONST = 0.5 * 0.35 * (1 + math.sqrt(math.pi * math.log(4)))
 
 
 def _as_range_tensor(value: torch.Tensor | float, like: torch.Tensor) -> torch.Tensor:
-    return value if isinstance(value, torch.Tensor) else torch.tensor(float(value), device=like.device)
+    # float64: the kernels bin in double, and a float32 tensor would move a Python float end.
+    if isinstance(value, torch.Tensor):
+        return value
+    return torch.tensor(float(value), dtype=torch.float64, device=like.device)
 
 
 def histogram(x: torch.Tensor, bins: int, lo: torch.Tensor | float, hi: torch.Tensor | float,
