@@ -39,3 +39,33 @@ def test_qat_convert_export(tmp_path, weight, activation):
     proto = onnx.load(path)
     codes = [t for t in proto.graph.initializer if t.data_type == onnx.TensorProto.INT8]
     assert codes, "PoT/APoT weights are exported as int8 codes"
+
+
+def test_weight_norm_calibrates_on_normalized_weights():
+    """With ``weight_norm`` the weight quantizer's alpha comes from the range of
+    the normalized weight it quantizes, not from the raw weight's range."""
+    torch.manual_seed(0)
+    qconfig = QConfig(weight=QuantSpec(scheme="apot", bits=4, granularity="channel", learnable=True,
+                                       weight_norm=True, calibration="max"),
+                      activation=QuantSpec(scheme="pot", bits=4, signed=False, calibration="max"))
+    x = torch.randn(4, 3, 16, 16)
+    model = qx.prepare_qat(cnn(), qconfig, example_inputs=(x,))
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(getattr(m, "weight", None), nn.Parameter) and m.weight.dim() > 1:
+                m.weight.mul_(500.0)  # raw weight ranges far from the normalized ones
+    qx.calibrate(model, [x], progress=False)
+    checked = 0
+    for m in model.modules():
+        q = getattr(m, "weight_quantizer", None)
+        if q is None or not q.spec.weight_norm:
+            continue
+        w = m.weight.detach()
+        normalized = qx.functional.weight_normalize(w, axis=0)
+        expected = normalized.abs().flatten(1).amax(dim=1)
+        torch.testing.assert_close(q.alpha.detach().reshape(-1), expected, rtol=1e-6, atol=1e-6)
+        assert (expected < 0.2 * w.abs().flatten(1).amax(dim=1)).all()
+        checked += 1
+    assert checked >= 2  # the first and last layers keep 8-bit uniform weights
+    out = model(x)
+    assert torch.isfinite(out).all()
