@@ -18,6 +18,7 @@ __device__ __forceinline__ void load_table(const math::LevelTable<T>& src, math:
   if (threadIdx.x == 0) {
     dst.steps = src.steps;
     dst.lo = src.lo;
+    dst.pot_factor = src.pot_factor;
   }
   __syncthreads();
 }

@@ -4,6 +4,7 @@
 
 #include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
+#include <c10/util/bit_cast.h>
 
 #include "quantext/scheme_math.h"
 
@@ -19,14 +20,17 @@ struct VecPolicy {
   // faster at 8 levels and 1.4x at 128; the search wins at 256.
   static constexpr int kMaxScanSteps = 7;
   static V splat(T v) { return V(v); }
-  static V round(V v) { return v.round(); }                                                  // round half to even
-  static V clamp(V v, V lo, V hi) { return at::vec::minimum(at::vec::maximum(v, lo), hi); }  // keeps NaN
+  static V round(V v) { return v.round(); }                              // round half to even
+  static V clamp(V v, V lo, V hi) { return at::vec::clamp(v, lo, hi); }  // max(lo, v) then min(hi, .): keeps NaN
   static Mask lt(V a, V b) { return a < b; }
   static Mask gt(V a, V b) { return a > b; }
   static Mask in_range(V v, V lo, V hi) { return (v >= lo) & (v <= hi); }
+  static Mask not_nan(V v) { return v == v; }
+  static Mask eq(V a, V b) { return a == b; }
   static Mask either(Mask a, Mask b) { return a | b; }
   static V select(Mask m, V a, V b) { return V::blendv(b, a, m); }
   static V abs(V v) { return v.abs(); }
+  static V floor_pow2(V v) { return v & V(c10::bit_cast<T>(math::exponent_mask<T>())); }
   // Lane-wise table[index] (a hardware gather) for integral-valued indices.
   static V lookup(const T* table, V index) {
     return at::vec::gather<sizeof(T)>(table, at::vec::convert_to_int_of_same_size(index));

@@ -44,6 +44,26 @@ inline double midpoint_down(double a, double b) {
   return e < 0 ? std::nextafter(s / 2, 0.0) : s / 2;
 }
 
+// The LevelTable::pot_factor of a grid: c with thresholds[i] == levels[i] * c
+// for i >= 1 when the non-zero levels of T are the consecutive normal powers
+// of two up to 1 (and 0 < thresholds[0] < levels[1]), else 0. Checked on the
+// finished table, so the closed form can only reproduce the search.
+template <typename T>
+T pot_factor(const LevelSpec& spec, const math::LevelTable<T>& t) {
+  const int n = 1 << t.steps;
+  if (spec.scheme != LevelScheme::PoT || t.levels[n - 1] != T(1) || !(t.levels[1] >= std::numeric_limits<T>::min()) ||
+      !(t.thresholds[0] >= T(0) && t.thresholds[0] < t.levels[1])) {
+    return T(0);
+  }
+  const T c = n > 2 ? t.thresholds[1] / t.levels[1] : T(1.5);  // {0, 1}: any factor in (1, 2)
+  if (!(c > T(1) && c < T(2))) return T(0);
+  for (int i = 2; i < n; ++i) {
+    if (t.levels[i] != t.levels[i - 1] * T(2)) return T(0);
+    if (i + 1 < n && t.thresholds[i] != t.levels[i] * c) return T(0);
+  }
+  return c;
+}
+
 // The grid in compute type T: its levels as T, and thresholds such that for
 // every value a of type T, `threshold < a` holds exactly when a lies above the
 // switching point: the midpoint of the two T levels (nearest; so the result is
@@ -59,6 +79,7 @@ math::LevelTable<T> make_level_table(const LevelArgs& a) {
     t.thresholds[i] = a.spec.rounding == LevelRounding::Log ? round_down<T>(a.levels[i + 1] * M_SQRT1_2)
                                                             : midpoint_down(t.levels[i], t.levels[i + 1]);
   }
+  t.pot_factor = pot_factor(a.spec, t);
   return t;
 }
 

@@ -4,6 +4,9 @@
 #pragma once
 
 #include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
 
 #if defined(__CUDACC__) || defined(__HIPCC__)
 #define QTX_HOST_DEVICE __host__ __device__ __forceinline__
@@ -13,6 +16,16 @@
 
 namespace quantext {
 namespace math {
+
+// The exponent field of an IEEE float / double.
+template <typename T>
+QTX_HOST_DEVICE constexpr auto exponent_mask() {
+  if constexpr (sizeof(T) == 4) {
+    return uint32_t{0x7f800000u};
+  } else {
+    return uint64_t{0x7ff0000000000000ull};
+  }
+}
 
 // Scalar policy. Comparisons are written so that NaN fails every range test:
 // a NaN input stays NaN and gets a zero gradient.
@@ -28,11 +41,22 @@ struct Scalar {
   static QTX_HOST_DEVICE Mask lt(V a, V b) { return a < b; }
   static QTX_HOST_DEVICE Mask gt(V a, V b) { return a > b; }
   static QTX_HOST_DEVICE Mask in_range(V v, V lo, V hi) { return v >= lo && v <= hi; }
+  static QTX_HOST_DEVICE Mask not_nan(V v) { return v == v; }
+  static QTX_HOST_DEVICE Mask eq(V a, V b) { return a == b; }
   static QTX_HOST_DEVICE Mask either(Mask a, Mask b) { return a || b; }
   static QTX_HOST_DEVICE V select(Mask m, V a, V b) { return m ? a : b; }
   static QTX_HOST_DEVICE V abs(V v) { return v < V(0) ? -v : v; }
   // table[index] for an integral-valued index.
   static QTX_HOST_DEVICE V lookup(const T* table, V index) { return table[static_cast<int>(index)]; }
+  // v with its mantissa bits cleared: 2^floor(log2 v) for normal v >= 0.
+  static QTX_HOST_DEVICE V floor_pow2(V v) {
+    using U = std::conditional_t<sizeof(T) == 4, uint32_t, uint64_t>;
+    U bits;
+    memcpy(&bits, &v, sizeof(T));
+    bits &= exponent_mask<T>();
+    memcpy(&v, &bits, sizeof(T));
+    return v;
+  }
 };
 
 template <>
@@ -124,6 +148,12 @@ QTX_HOST_DEVICE V uniform_quantize(V x, const UniformParams<V>& p) {
 // index #{i : thresholds[i] < a}: on a threshold it takes the smaller level.
 // 2^steps entries make that count a branch-free binary search of `steps`
 // probes. Values are clipped to [lo, 1]: lo = -1 (signed) or 0 (unsigned).
+//
+// PoT grids whose non-zero levels are consecutive normal powers of two have
+// one threshold per binade at the same relative place, thresholds[i] =
+// levels[i] * pot_factor (i >= 1): there the level follows from the exponent
+// of `a` with a few bit operations, whatever the number of levels.
+// pot_factor is 0 for every other grid.
 template <typename T>
 struct LevelTable {
   static constexpr int kMaxSteps = 8;
@@ -131,6 +161,7 @@ struct LevelTable {
   T levels[1 << kMaxSteps];
   int steps;
   T lo;
+  T pot_factor;
 };
 
 // Index (as an integral value of type V) of the level nearest to a in [0, 1].
@@ -182,12 +213,37 @@ QTX_HOST_DEVICE LevelPoint<V> level_point(V v, const LevelTable<T>& t) {
   return {c, index, P::select(P::lt(c, zero), zero - magnitude, magnitude)};
 }
 
+// v clipped to [lo, 1] and its signed level, as level_point without the
+// index; PoT grids with a pot_factor take the closed form: in the binade
+// [p, 2p) of a the level is p, or 2p above the threshold p * pot_factor;
+// clamping to levels[1] covers the binades below the smallest level (and
+// subnormal or zero a, whose p is 0); at or below thresholds[0] it is 0.
+template <typename V>
+struct LevelValue {
+  V clipped, level;
+};
+
+template <typename P, typename T, typename V = typename P::V>
+QTX_HOST_DEVICE LevelValue<V> level_value(V v, const LevelTable<T>& t) {
+  if (t.pot_factor > T(0)) {
+    const V zero = P::splat(T(0)), one = P::splat(T(1));
+    const V c = P::clamp(v, P::splat(t.lo), one);
+    const V a = P::abs(c);
+    const V p = P::floor_pow2(a);
+    const V nearest = P::clamp(P::select(P::lt(p * P::splat(t.pot_factor), a), p + p, p), P::splat(t.levels[1]), one);
+    const V magnitude = P::select(P::lt(P::splat(t.thresholds[0]), a), nearest, zero);  // NaN: 0
+    return {c, P::select(P::lt(c, zero), zero - magnitude, magnitude)};
+  }
+  const auto p = level_point<P>(v, t);
+  return {p.clipped, p.level};
+}
+
 // alpha * Q(clip(x / alpha)). NaN (the only value the clip leaves outside
 // [lo, 1]) passes through; +-inf land on the end levels.
 template <typename P, typename T, typename V = typename P::V>
 QTX_HOST_DEVICE V levels_forward(V x, V alpha, const LevelTable<T>& t) {
-  const auto p = level_point<P>(x / alpha, t);
-  return P::select(P::in_range(p.clipped, P::splat(t.lo), P::splat(T(1))), p.level * alpha, p.clipped);
+  const auto p = level_value<P>(x / alpha, t);
+  return P::select(P::not_nan(p.clipped), p.level * alpha, p.clipped);
 }
 
 // Clipped straight-through gradient for x and the per-element gradient for
@@ -200,12 +256,14 @@ struct LevelGrads {
 
 template <typename P, typename T, typename V = typename P::V>
 QTX_HOST_DEVICE LevelGrads<V> levels_backward(V dy, V x, V alpha, const LevelTable<T>& t) {
-  const V zero = P::splat(T(0)), lo = P::splat(t.lo), hi = P::splat(T(1));
+  const V zero = P::splat(T(0));
   const V v = x / alpha;
-  const auto p = level_point<P>(v, t);
-  const auto inside = P::in_range(v, lo, hi);
-  const V clipped = P::select(P::lt(v, lo), lo, P::select(P::gt(v, hi), hi, zero));
-  return {P::select(inside, dy, zero), dy * P::select(inside, p.level - v, clipped)};
+  const auto p = level_value<P>(v, t);
+  // Inside [lo, 1] the clip leaves v unchanged; outside, the clipped value is
+  // the bound's gradient; NaN fails both tests.
+  const auto inside = P::eq(p.clipped, v);
+  const V term = P::select(P::not_nan(p.clipped), P::select(inside, p.level - v, p.clipped), zero);
+  return {P::select(inside, dy, zero), dy * term};
 }
 
 // Integer code: the magnitude index, negated for negative x (NaN -> 0).

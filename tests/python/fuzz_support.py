@@ -185,3 +185,31 @@ def granularities(draw, shape: tuple[int, ...], allow_group: bool = True) -> Gra
     size = shape[axis]
     divisors = [d for d in range(1, size + 1) if size % d == 0] if size else [1, 2, 3]
     return Granularity(axis, draw(st.sampled_from(divisors)))
+
+
+@st.composite
+def large_shapes(draw, max_numel: int, rows: tuple[int, ...]) -> tuple[int, ...]:
+    """1-d, or ``rows x columns``, with 20 000 .. ``max_numel`` elements: spans many chunks and threads."""
+    n = draw(st.integers(20_000, max_numel))
+    r = draw(st.sampled_from(rows))
+    return (r, n // r) if draw(st.booleans()) else (n,)
+
+
+# The CPU kernels sum lanes in the compute type for up to 4096 / 16 elements
+# before flushing into float64: the rounding error of a parameter-gradient sum
+# is bounded by this many ulps of the sum of absolute terms.
+ACCUMULATION_ULPS = 256 + 32
+
+
+@dataclass(frozen=True)
+class FuzzCase:
+    """What every fuzz case draws besides its scheme: the tensor, the share of
+    inputs on ties and special values, the gradient factor and the data seed."""
+    shape: tuple[int, ...]
+    layout: tuple[str, int]
+    dtype: torch.dtype
+    gran: Granularity
+    tie_fraction: float
+    special_fraction: float
+    grad_factor: float
+    seed: int

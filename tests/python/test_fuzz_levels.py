@@ -24,19 +24,14 @@ from hypothesis import given, note
 from hypothesis import strategies as st
 
 import quantext as qx
-from fuzz_support import (DTYPES, Granularity, assert_bitwise_equal, assert_close_sum, fuzz_settings,
-                          granularities, in_layout, shapes, layouts, sprinkle_specials)
+from fuzz_support import (ACCUMULATION_ULPS, DTYPES, FuzzCase, assert_bitwise_equal, assert_close_sum, fuzz_settings,
+                          granularities, in_layout, large_shapes, layouts, shapes, sprinkle_specials)
 
 ops = torch.ops.quantext
-_ACCUMULATION_ULPS = 256 + 32  # as for the uniform op: lane sums flushed to float64 every 4096 elements
 
 
 @dataclass(frozen=True)
-class Case:
-    shape: tuple[int, ...]
-    layout: tuple[str, int]
-    dtype: torch.dtype
-    gran: Granularity
+class Case(FuzzCase):
     scheme: str
     bits: int
     signed: bool
@@ -47,10 +42,6 @@ class Case:
     log2_alpha: float
     pow2_alpha: bool
     margin: float
-    tie_fraction: float
-    special_fraction: float
-    grad_factor: float
-    seed: int
 
     @property
     def lo(self) -> float:
@@ -192,7 +183,7 @@ def check_case(case: Case) -> None:
         terms = dy64 * torch.where(inside, ref.level.double() - v64, clipped)
         eps = torch.finfo(ref.v.dtype).eps
         total = case.grad_factor * case.gran.reduce(terms, case.shape)
-        bound = case.grad_factor * case.gran.reduce((2 + _ACCUMULATION_ULPS) * eps * terms.abs(), case.shape)
+        bound = case.grad_factor * case.gran.reduce((2 + ACCUMULATION_ULPS) * eps * terms.abs(), case.shape)
         # Storing the float64 sum in alpha's dtype rounds it: by eps relative, or by up to half the
         # smallest subnormal where the sum is below the normal range.
         finfo = torch.finfo(case.alpha_dtype)
@@ -217,14 +208,7 @@ def test_fuzz_small(case):
     check_case(case)
 
 
-@st.composite
-def large_shapes(draw) -> tuple[int, ...]:
-    n = draw(st.integers(20_000, 120_000))
-    rows = draw(st.sampled_from([1, 3, 16]))
-    return (rows, n // rows) if draw(st.booleans()) else (n,)
-
-
 @fuzz_settings(8)
-@given(case=cases(large_shapes()))
+@given(case=cases(large_shapes(120_000, (1, 3, 16))))
 def test_fuzz_large(case):
     check_case(case)

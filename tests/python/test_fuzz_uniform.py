@@ -21,23 +21,15 @@ from hypothesis import given, note
 from hypothesis import strategies as st
 
 import quantext as qx
-from fuzz_support import (DTYPES, Granularity, assert_bitwise_equal, assert_close_sum, fuzz_settings,
-                          granularities, in_layout, is_dense, layouts, shapes, sprinkle_specials)
+from fuzz_support import (ACCUMULATION_ULPS, DTYPES, FuzzCase, assert_bitwise_equal, assert_close_sum, fuzz_settings,
+                          granularities, in_layout, is_dense, large_shapes, layouts, shapes,
+                          sprinkle_specials)
 
 ops = torch.ops.quantext
 
-# The CPU kernel sums lanes in the compute type for up to 4096 / 16 elements
-# before flushing into float64: the rounding error of a sum is bounded by this
-# many ulps of the sum of absolute terms.
-_ACCUMULATION_ULPS = 256 + 32
-
 
 @dataclass(frozen=True)
-class Case:
-    shape: tuple[int, ...]
-    layout: tuple[str, int]
-    dtype: torch.dtype
-    gran: Granularity
+class Case(FuzzCase):
     qmin: int
     qmax: int
     zero_point: str  # "symmetric", "int32", "int64", "float" (LSQ+)
@@ -47,10 +39,6 @@ class Case:
     log2_scale: float  # centre of the scales' exponents
     pow2_scale: bool  # powers of two make (k + 0.5) * s exact ties
     margin: float  # how far beyond the grid x reaches, in grid widths
-    tie_fraction: float
-    special_fraction: float
-    grad_factor: float
-    seed: int
 
 
 def _log2_scale_range(dtype: torch.dtype, qmin: int, qmax: int) -> tuple[float, float]:
@@ -159,7 +147,7 @@ def reference_param_grads(case: Case, x, dy, q, s, z):
     for terms, elem, out in ((dy64 * ts, elem_s, case.scale_dtype), (dy64 * tz, torch.zeros_like(elem_s), torch.float32)):
         out_eps = torch.finfo(out).eps
         total = g * case.gran.reduce(terms, case.shape)
-        bound = g * (case.gran.reduce(elem + _ACCUMULATION_ULPS * eps * terms.abs(), case.shape))
+        bound = g * (case.gran.reduce(elem + ACCUMULATION_ULPS * eps * terms.abs(), case.shape))
         results.append((total, bound + out_eps * total.abs() + 1e-300))
     return results
 
@@ -213,15 +201,8 @@ def test_fuzz_small(case):
     check_case(case)
 
 
-@st.composite
-def large_shapes(draw) -> tuple[int, ...]:
-    n = draw(st.integers(20_000, 200_000))
-    rows = draw(st.sampled_from([1, 3, 16, 17]))
-    return (rows, n // rows) if draw(st.booleans()) else (n,)
-
-
 @fuzz_settings(12)
-@given(case=cases(large_shapes()))
+@given(case=cases(large_shapes(200_000, (1, 3, 16, 17))))
 def test_fuzz_large(case):
     """Tensors spanning many per-tensor chunks and threads."""
     check_case(case)
