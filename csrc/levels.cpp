@@ -26,8 +26,7 @@ struct Combination {
 };
 
 // Every combination of one value per term, ascending by sum. Sums are exact:
-// single powers (one term), or powers no smaller than 2^-50 (checked), so two
-// of them also add exactly.
+// single powers (one term), or powers no smaller than 2^-50 (checked).
 std::vector<Combination> combinations(const char* op, const LevelSpec& spec) {
   const auto terms = grid_terms(spec);
   int64_t smallest = 0;
@@ -93,16 +92,11 @@ std::vector<std::vector<int64_t>> apot_terms(int64_t magnitude_bits, int64_t k) 
   return terms;
 }
 
-LevelGrid level_grid(const char* op, const LevelSpec& spec) {
+std::vector<double> magnitude_levels(const char* op, const LevelSpec& spec) {
   const auto combos = combinations(op, spec);
-  const double top = combos.back().sum;
-  LevelGrid g;
-  for (const auto& c : combos) g.levels.push_back(c.sum / top);
-  for (size_t i = 0; i + 1 < combos.size(); ++i) {
-    g.thresholds.push_back(spec.rounding == LevelRounding::Log ? g.levels[i + 1] * M_SQRT1_2
-                                                               : (combos[i].sum + combos[i + 1].sum) / (2 * top));
-  }
-  return g;
+  std::vector<double> levels;
+  for (const auto& c : combos) levels.push_back(c.sum / combos.back().sum);
+  return levels;
 }
 
 std::vector<int64_t> apot_decode_rows(const char* op, const LevelSpec& spec) {

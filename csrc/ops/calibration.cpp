@@ -29,8 +29,8 @@ struct Rows {
   const double* row(int64_t r) const { return counts.const_data_ptr<double>() + r * bins; }
   std::vector<int64_t> shape() const { return per_channel ? std::vector<int64_t>{rows} : std::vector<int64_t>{}; }
   at::Tensor out(const std::vector<double>& v) const { return at::tensor(v, at::kDouble).reshape(shape()).to(device); }
-  at::Tensor out_curves(const std::vector<std::vector<double>>& curves) const {
-    const int64_t len = curves.empty() ? 0 : int64_t(curves[0].size());
+  // `len` entries per row, passed explicitly so that zero rows keep the shape [0, len].
+  at::Tensor out_curves(const std::vector<std::vector<double>>& curves, int64_t len) const {
     at::Tensor t = at::empty({rows, len}, at::kDouble);
     for (int64_t r = 0; r < rows; ++r)
       std::copy(curves[r].begin(), curves[r].end(), t.mutable_data_ptr<double>() + r * len);
@@ -128,7 +128,7 @@ std::tuple<at::Tensor, at::Tensor> calib_entropy(const at::Tensor& hist, const a
     clip[i] = s.clip;
     curves[i] = std::move(s.curve);
   });
-  return {r.out(clip), r.out_curves(curves)};
+  return {r.out(clip), r.out_curves(curves, r.bins + 1)};
 }
 
 std::vector<double> checked_levels(const char* op, const at::Tensor& levels) {
@@ -157,7 +157,7 @@ std::tuple<at::Tensor, at::Tensor> calib_mse(const at::Tensor& hist, const at::T
     clip[i] = s.clip;
     curves[i] = std::move(s.curve);
   });
-  return {r.out(clip), r.out_curves(curves)};
+  return {r.out(clip), r.out_curves(curves, r.bins)};
 }
 
 std::tuple<at::Tensor, at::Tensor> calib_mse_affine(const at::Tensor& hist, const at::Tensor& lo, const at::Tensor& hi,

@@ -109,6 +109,8 @@ at::Tensor Canonical::restore(const at::Tensor& canonical_out, const at::Tensor&
 }
 
 at::Tensor Canonical::reduce_items(const at::Tensor& partials, const at::Tensor& param) const {
+  // An axis of size 0 has no parameters (and its layout is per tensor): nothing to reduce.
+  if (param.numel() == 0) return at::zeros_like(param, at::MemoryFormat::Contiguous);
   at::Tensor flat;
   switch (layout.kind) {
     case Granularity::Tensor:

@@ -21,7 +21,7 @@ LevelArgs prepare_levels(const char* op, const at::Tensor& x, const at::Tensor& 
       codes ? canonicalize_codes(op, x, alpha, "alpha", axis, 0) : canonicalize(op, x, alpha, "alpha", axis, 0);
   check_positive_finite(op, alpha, "alpha");
   at::Tensor flat = canonical_params(c, alpha);
-  return {std::move(c), std::move(flat), spec, level_grid(op, spec)};
+  return {std::move(c), std::move(flat), spec, magnitude_levels(op, spec)};
 }
 
 namespace {
@@ -29,7 +29,7 @@ namespace {
 at::Tensor levels_op(c10::string_view scheme, int64_t bits, bool is_signed, int64_t k) {
   const char* op = "quantext.levels";
   const LevelSpec spec = parse_level_spec(op, scheme, bits, is_signed, k, "nearest");
-  const auto magnitudes = level_grid(op, spec).levels;
+  const auto magnitudes = magnitude_levels(op, spec);
   std::vector<double> table;
   if (is_signed) {
     for (auto it = magnitudes.rbegin(); it + 1 != magnitudes.rend(); ++it) table.push_back(-*it);

@@ -19,7 +19,7 @@ struct LevelArgs {
   Canonical c;
   at::Tensor alpha;  // flattened in parameter order, float32 or float64
   LevelSpec spec;
-  LevelGrid grid;
+  std::vector<double> levels;  // magnitudes, see magnitude_levels
 };
 
 // Checks the scheme arguments, alpha (dtype, device, shape, values) and lays
@@ -28,20 +28,36 @@ LevelArgs prepare_levels(const char* op, const at::Tensor& x, const at::Tensor& 
                          int64_t bits, bool is_signed, int64_t k, c10::string_view rounding,
                          std::optional<int64_t> axis, bool codes = false);
 
-// The grid in compute type T. Thresholds are rounded down (toward zero) so
-// that, for every value a of type T, `threshold < a` holds exactly when a lies
-// above the double-precision midpoint.
+// The largest T <= x (x >= 0).
+template <typename T>
+T round_down(double x) {
+  const T v = static_cast<T>(x);
+  return static_cast<double>(v) > x ? std::nextafter(v, T(0)) : v;
+}
+
+// The largest T <= (a + b) / 2 for levels 0 <= a <= b. float: the sum is
+// exact in double (neighbouring levels are within a factor 2^29, or a = 0).
+inline float midpoint_down(float a, float b) { return round_down<float>((double(a) + double(b)) / 2); }
+// double: a + b = s + e exactly (two-sum); the midpoint is below s / 2 iff e < 0.
+inline double midpoint_down(double a, double b) {
+  const double s = a + b, bv = s - a, e = (a - (s - bv)) + (b - bv);
+  return e < 0 ? std::nextafter(s / 2, 0.0) : s / 2;
+}
+
+// The grid in compute type T: its levels as T, and thresholds such that for
+// every value a of type T, `threshold < a` holds exactly when a lies above the
+// switching point: the midpoint of the two T levels (nearest; so the result is
+// the nearest representable level, a tie going to the smaller), or for log
+// rounding the geometric midpoint l[i+1] / sqrt(2).
 template <typename T>
 math::LevelTable<T> make_level_table(const LevelArgs& a) {
   math::LevelTable<T> t{};
-  const auto& g = a.grid;
   t.steps = static_cast<int>(a.spec.magnitude_bits());
   t.lo = a.spec.is_signed ? T(-1) : T(0);
-  for (size_t i = 0; i < g.levels.size(); ++i) t.levels[i] = static_cast<T>(g.levels[i]);
-  for (size_t i = 0; i < g.thresholds.size(); ++i) {
-    T v = static_cast<T>(g.thresholds[i]);
-    if (static_cast<double>(v) > g.thresholds[i]) v = std::nextafter(v, T(0));
-    t.thresholds[i] = v;
+  for (size_t i = 0; i < a.levels.size(); ++i) t.levels[i] = static_cast<T>(a.levels[i]);
+  for (size_t i = 0; i + 1 < a.levels.size(); ++i) {
+    t.thresholds[i] = a.spec.rounding == LevelRounding::Log ? round_down<T>(a.levels[i + 1] * M_SQRT1_2)
+                                                            : midpoint_down(t.levels[i], t.levels[i + 1]);
   }
   return t;
 }

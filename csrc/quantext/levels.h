@@ -1,7 +1,6 @@
 // Level tables of the non-uniform schemes (powers of two, additive powers of
-// two): which magnitudes exist and where rounding switches between them.
-// Everything here is host code in double precision; the kernels get a
-// math::LevelTable in their compute type (see ops/levels.h).
+// two): which magnitudes exist. Host code in double precision; the kernels get
+// a math::LevelTable with thresholds in their compute type (ops/levels.h).
 #pragma once
 
 #include <c10/util/string_view.h>
@@ -41,16 +40,9 @@ LevelSpec parse_level_spec(const char* op, c10::string_view scheme, int64_t bits
 // gives {0, 1}. All exponents differ, so the 2^B sums are distinct.
 std::vector<std::vector<int64_t>> apot_terms(int64_t magnitude_bits, int64_t k);
 
-// The 2^B ascending magnitude levels, normalized so that the largest is 1,
-// and the 2^B - 1 rounding thresholds between neighbours: midpoints
-// (nearest) or geometric midpoints levels[i+1] / sqrt(2) (log, PoT only: for
-// 2^-j and 2^-(j+1) the point 2^-(j+1/2), and below the smallest level 2^-m
-// the point 2^-(m+1/2) under which log2 rounding goes past it, to zero).
-// Levels and midpoints are the exact values rounded once to double.
-struct LevelGrid {
-  std::vector<double> levels, thresholds;
-};
-LevelGrid level_grid(const char* op, const LevelSpec& spec);
+// The 2^B ascending magnitude levels, normalized so that the largest is 1:
+// the exact values rounded once to double.
+std::vector<double> magnitude_levels(const char* op, const LevelSpec& spec);
 
 // APoT decode table: row c (a magnitude code, as in magnitude_levels) holds,
 // per term, the exponent e of the power 2^-e it contributes, or -1.

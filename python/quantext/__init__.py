@@ -18,6 +18,7 @@ from . import calibration
 from .calibration import aciq_ratio, compute_clip, histogram, magnitude_histogram
 from .histogram_observer import HistogramObserver
 from .schemes import apot_decode_table, dequantize, fake_quant, levels, quantize
+from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 
 __version__ = "0.1.0"
 
@@ -27,3 +28,4 @@ __all__ += ["nn", "QuantSpec", "QConfig", "prepare_qat", "calibrate", "freeze_bn
 __all__ += ["export", "export_onnx"]
 __all__ += ["calibration", "histogram", "magnitude_histogram", "compute_clip", "aciq_ratio", "HistogramObserver"]
 __all__ += ["fake_quant", "quantize", "dequantize", "levels", "apot_decode_table"]
+__all__ += ["save_checkpoint", "load_checkpoint", "CheckpointError"]

@@ -57,7 +57,7 @@ from dataclasses import dataclass
 import torch
 
 from ._ops import ops
-from .functional import uniform_bounds
+from .functional import int_arg, uniform_bounds
 from .spec import QuantSpec
 
 KL_VARIANTS = ("tensorrt", "ppq")
@@ -81,7 +81,7 @@ def histogram(x: torch.Tensor, bins: int, lo: torch.Tensor | float, hi: torch.Te
     per index of ``axis`` (``lo``/``hi`` of shape ``[C]``, result ``[C, bins]``).
     ``lo``/``hi`` may live on the device: the CUDA kernel reads them there.
     """
-    return ops.histogram(x, bins, _as_range_tensor(lo, x), _as_range_tensor(hi, x), axis)
+    return ops.histogram(x, int_arg("bins", bins), _as_range_tensor(lo, x), _as_range_tensor(hi, x), axis)
 
 
 def magnitude_histogram(x: torch.Tensor, bins: int, amax: torch.Tensor | float,
@@ -92,14 +92,14 @@ def magnitude_histogram(x: torch.Tensor, bins: int, amax: torch.Tensor | float,
     The sum of the two rows is the ``|x|`` histogram; ``cat(flip(row 0), row 1)``
     is the histogram of ``x`` over ``[-amax, amax]`` in ``2 * bins`` bins.
     """
-    return ops.magnitude_histogram(x, bins, _as_range_tensor(amax, x), axis)
+    return ops.magnitude_histogram(x, int_arg("bins", bins), _as_range_tensor(amax, x), axis)
 
 
 def aciq_ratio(bits: int, prior: str = "laplace") -> float:
     """ACIQ's optimal ``alpha / sigma`` (Gaussian) or ``alpha / b`` (Laplace) for
     ``bits`` in [1, 16], found by minimizing the analytic clipping error plus
     the quantization noise ``alpha^2 / (3 * 4^bits)``."""
-    return ops.aciq_ratio(int(bits), prior)
+    return ops.aciq_ratio(int_arg("bits", bits), prior)
 
 
 def magnitude_levels(spec: QuantSpec) -> torch.Tensor:
@@ -290,6 +290,8 @@ def compute_clip(data: torch.Tensor, method: str | None = None, spec: QuantSpec 
     from .histogram_observer import HistogramObserver  # noqa: PLC0415 (the observer builds on this module)
 
     spec = spec if spec is not None else QuantSpec()
+    if not isinstance(spec, QuantSpec):
+        raise TypeError(f"spec must be a QuantSpec, got {type(spec).__name__}")
     if method is not None:
         spec = spec.replace(calibration=method)
     if isinstance(data, HistogramObserver):

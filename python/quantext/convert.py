@@ -33,6 +33,8 @@ from .qat import quantizers
 def convert(model: nn.Module) -> nn.Module:
     """A deep copy of ``model`` in inference form (see the module docstring); its
     output equals that of ``model`` with frozen BN (or in eval mode)."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     model = copy.deepcopy(model)
     if isinstance(model, QuantConvBn2d):
         model = model.fold()

@@ -3,11 +3,37 @@
 from __future__ import annotations
 
 import math
+import operator
+from typing import Any
 
 import torch
 
 from . import _C
 from ._ops import ops
+
+
+def int_arg(name: str, value: Any) -> int:
+    """``value`` as an int (anything with ``__index__``); a float or a string is a
+    TypeError naming the argument instead of being truncated."""
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name} must be an int, got {value!r}") from None
+
+
+def bool_arg(name: str, value: Any) -> bool:
+    """``value`` as a bool (a bool, or the int 0 or 1); a string such as ``"no"``
+    is a TypeError naming the argument instead of being truthy."""
+    if isinstance(value, bool) or (isinstance(value, int) and value in (0, 1)):
+        return bool(value)
+    raise TypeError(f"{name} must be a bool, got {value!r}")
+
+
+def _grad_factor(value: float) -> float:
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"grad_factor must be finite, got {value}")
+    return value
 
 
 # A pure function of Python scalars: dynamo evaluates it while tracing instead
@@ -18,7 +44,8 @@ def uniform_bounds(bits: int, signed: bool, narrow_range: bool = False) -> tuple
 
     Signed: ``[-2^(b-1), 2^(b-1)-1]`` (narrow: ``-2^(b-1)+1``); unsigned: ``[0, 2^b-1]``.
     """
-    return tuple(_C.uniform_bounds(int(bits), bool(signed), bool(narrow_range)))
+    return tuple(_C.uniform_bounds(int_arg("bits", bits), bool_arg("signed", signed),
+                                   bool_arg("narrow_range", narrow_range)))
 
 
 def set_value_checks(enabled: bool) -> None:
@@ -62,10 +89,11 @@ def fake_quant_uniform(
         axis: ``None`` for per tensor; the channel/group axis otherwise.
         group_size: ``0``, or the number of consecutive elements along ``axis``
             sharing one scale.
-        grad_factor: multiplies the scale/zero-point gradients (LSQ's ``g``).
+        grad_factor: multiplies the scale/zero-point gradients (LSQ's ``g``), finite.
     """
-    return ops.fake_quant_uniform(x, scale, zero_point, int(qmin), int(qmax), axis, int(group_size),
-                                  float(grad_factor))
+    return ops.fake_quant_uniform(x, scale, zero_point, int_arg("qmin", qmin), int_arg("qmax", qmax),
+                                  None if axis is None else int_arg("axis", axis), int_arg("group_size", group_size),
+                                  _grad_factor(grad_factor))
 
 
 def fake_quant_levels(
@@ -105,10 +133,11 @@ def fake_quant_levels(
         k: APoT base bits per additive term.
         rounding: ``"nearest"`` or ``"log"`` (PoT only).
         axis: ``None`` per tensor, else the channel axis of ``alpha``.
-        grad_factor: multiplies the gradient of ``alpha``.
+        grad_factor: multiplies the gradient of ``alpha``, finite.
     """
-    return ops.fake_quant_levels(x, alpha, scheme, int(bits), bool(signed), int(k), rounding, axis,
-                                 float(grad_factor))
+    return ops.fake_quant_levels(x, alpha, scheme, int_arg("bits", bits), bool_arg("signed", signed), int_arg("k", k),
+                                 rounding,
+                                 None if axis is None else int_arg("axis", axis), _grad_factor(grad_factor))
 
 
 def weight_normalize(w: torch.Tensor, axis: int | None = None, eps: float = 1e-12) -> torch.Tensor:

@@ -74,6 +74,8 @@ class HistogramObserver(Observer):
         _check_option("kl_variant", kl_variant, KL_VARIANTS)
         _check_option("aciq_prior", aciq_prior, ACIQ_PRIORS)
         _check_option("aciq_sigma", aciq_sigma, ACIQ_SIGMAS)
+        if isinstance(kl_start_bin, bool) or not isinstance(kl_start_bin, int) or kl_start_bin < 1:
+            raise ValueError(f"kl_start_bin must be a positive int, got {kl_start_bin!r}")
         self.bins = bins
         self.options = {"kl_variant": kl_variant, "kl_start_bin": kl_start_bin, "aciq_prior": aciq_prior,
                         "aciq_sigma": aciq_sigma}

@@ -50,7 +50,7 @@ def prepare_qat(model: nn.Module, qconfig: QConfig, example_inputs: tuple | torc
             only adds of two floating tensors get quantizers. Without them, every
             add of two traced values does.
         skip: qualified module names (a name covers its submodules) or module
-            types left in float.
+            types left in float (one name or type, or an iterable of them).
         first_last_bits: the first and last quantized layers (in execution
             order) use ``first_last_bits``-bit uniform specs (an int; the first
             layer's input quantizer signed), stay in float (``"float"``), or use
@@ -63,6 +63,8 @@ def prepare_qat(model: nn.Module, qconfig: QConfig, example_inputs: tuple | torc
     itself. The quantizers start uncalibrated: run :func:`quantext.calibrate`
     (or :func:`quantext.disable_quant`) before the first forward.
     """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     if not isinstance(qconfig, QConfig):
         raise TypeError(f"qconfig must be a quantext.QConfig, got {type(qconfig).__name__}")
     if not (first_last_bits is None or first_last_bits == "float" or
@@ -70,7 +72,8 @@ def prepare_qat(model: nn.Module, qconfig: QConfig, example_inputs: tuple | torc
         raise ValueError(f"first_last_bits must be an int, 'float' or None, got {first_last_bits!r}")
     if isinstance(example_inputs, torch.Tensor):
         example_inputs = (example_inputs,)
-    skipped = _skip_predicate(tuple(skip))
+    # One name or type on its own: tuple("layer1") would skip the modules "l", "a", ...
+    skipped = _skip_predicate((skip,) if isinstance(skip, (str, type)) else tuple(skip))
     if not inplace:
         model = copy.deepcopy(model)
     options = {"freeze_bn_after": freeze_bn_after, "bn_stats": bn_stats}
@@ -86,6 +89,9 @@ def prepare_qat(model: nn.Module, qconfig: QConfig, example_inputs: tuple | torc
         prepared = _prepare_graph(fx.GraphModule(model, graph, type(model).__name__), qconfig, skipped,
                                   first_last_bits, example_inputs, options)
     name_quantizers(prepared)
+    if not any(isinstance(m, _QAT_MODULES) for m in prepared.modules()):
+        warnings.warn(f"prepare_qat: nothing in {type(model).__name__} was quantized (no Conv2d/Linear submodule "
+                      "outside `skip`, and no residual add)", stacklevel=2)
     return prepared
 
 

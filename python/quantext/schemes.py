@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import torch
 
-from ._ops import ops
-from .functional import fake_quant_levels, fake_quant_uniform, lsq_grad_factor, uniform_bounds, weight_normalize
+from ._ops import check_same_device, ops
+from .functional import (bool_arg, fake_quant_levels, fake_quant_uniform, int_arg, lsq_grad_factor, uniform_bounds,
+                         weight_normalize)
 from .spec import QuantSpec
 
 
@@ -55,32 +56,38 @@ def _apot_decode_table_fake(bits, signed, k=2):
 
 @torch.library.register_fake("quantext::fake_quant_levels")
 def _fake_quant_levels_fake(x, alpha, scheme, bits, signed, k=2, rounding="nearest", axis=None, grad_factor=1.0):
+    check_same_device("fake_quant_levels", x, alpha=alpha)
     return torch.empty_like(x)
 
 
 @torch.library.register_fake("quantext::fake_quant_levels_backward")
 def _fake_quant_levels_backward_fake(grad, x, alpha, scheme, bits, signed, k, rounding, axis, grad_factor,
                                      alpha_grad):
+    check_same_device("fake_quant_levels_backward", x, alpha=alpha, grad=grad)
     return torch.empty_like(x), torch.empty_like(alpha)
 
 
 @torch.library.register_fake("quantext::quantize_uniform")
 def _quantize_uniform_fake(x, scale, zero_point, qmin, qmax, axis=None, group_size=0):
+    check_same_device("quantize_uniform", x, scale=scale, zero_point=zero_point)
     return torch.empty_like(x, dtype=_uniform_code_dtype(qmin, qmax))
 
 
 @torch.library.register_fake("quantext::dequantize_uniform")
 def _dequantize_uniform_fake(codes, scale, zero_point, axis=None, group_size=0):
+    check_same_device("dequantize_uniform", codes, scale=scale, zero_point=zero_point)
     return torch.empty_like(codes, dtype=scale.dtype)
 
 
 @torch.library.register_fake("quantext::quantize_levels")
 def _quantize_levels_fake(x, alpha, scheme, bits, signed, k=2, rounding="nearest", axis=None):
+    check_same_device("quantize_levels", x, alpha=alpha)
     return torch.empty_like(x, dtype=torch.int8 if signed else torch.uint8)
 
 
 @torch.library.register_fake("quantext::dequantize_levels")
 def _dequantize_levels_fake(codes, alpha, scheme, bits, signed, k=2, axis=None):
+    check_same_device("dequantize_levels", codes, alpha=alpha)
     return torch.empty_like(codes, dtype=alpha.dtype)
 
 
@@ -93,7 +100,7 @@ def levels(scheme: str, bits: int, signed: bool = True, k: int = 2) -> torch.Ten
     one value per additive term, normalized by the largest sum (see
     :func:`apot_decode_table`).
     """
-    return ops.levels(scheme, int(bits), bool(signed), int(k))
+    return ops.levels(scheme, int_arg("bits", bits), bool_arg("signed", signed), int_arg("k", k))
 
 
 def apot_decode_table(bits: int, signed: bool = True, k: int = 2) -> torch.Tensor:
@@ -111,7 +118,7 @@ def apot_decode_table(bits: int, signed: bool = True, k: int = 2) -> torch.Tenso
     each of the last rounds. For ``k = 2`` that gives the APoT reference code's
     ``B = 3`` and ``B = 5`` sets, and ``{0, 1}`` for ``B = 1``.
     """
-    return ops.apot_decode_table(int(bits), bool(signed), int(k))
+    return ops.apot_decode_table(int_arg("bits", bits), bool_arg("signed", signed), int_arg("k", k))
 
 
 def _param(value: torch.Tensor | float | None, name: str, spec: QuantSpec, x: torch.Tensor) -> torch.Tensor:
@@ -130,6 +137,11 @@ def _check_unused(spec: QuantSpec, **params) -> None:
             raise ValueError(f"{name} is not a parameter of scheme={spec.scheme!r}")
 
 
+def _check_spec(spec: QuantSpec) -> None:
+    if not isinstance(spec, QuantSpec):
+        raise TypeError(f"spec must be a QuantSpec, got {type(spec).__name__}")
+
+
 def _uniform_params(x: torch.Tensor, spec: QuantSpec, scale, zero_point, alpha):
     _check_unused(spec, alpha=alpha)
     s = _param(scale, "scale", spec, x)
@@ -138,7 +150,7 @@ def _uniform_params(x: torch.Tensor, spec: QuantSpec, scale, zero_point, alpha):
             raise ValueError("zero_point is required for an asymmetric spec (symmetric=False)")
         zero_point = torch.zeros(s.shape, dtype=torch.int32, device=s.device)
     elif not isinstance(zero_point, torch.Tensor):
-        zero_point = torch.tensor(int(zero_point), dtype=torch.int32, device=s.device)
+        zero_point = torch.tensor(int_arg("zero_point", zero_point), dtype=torch.int32, device=s.device)
     return s, zero_point, spec.per_channel_axis, spec.group_size or 0
 
 
@@ -165,6 +177,7 @@ def fake_quant(x: torch.Tensor, spec: QuantSpec, scale: torch.Tensor | float | N
     :func:`quantext.functional.weight_normalize` (per ``spec.axis`` when per
     channel). Numbers are accepted for per-tensor parameters.
     """
+    _check_spec(spec)
     if spec.scheme == "uniform":
         s, z, axis, group_size = _uniform_params(x, spec, scale, zero_point, alpha)
         qmin, qmax = uniform_bounds(spec.bits, spec.signed, spec.narrow_range)
@@ -182,6 +195,7 @@ def quantize(x: torch.Tensor, spec: QuantSpec, scale: torch.Tensor | float | Non
     code format); ``dequantize(quantize(x))`` equals ``fake_quant(x)``. Not
     differentiable. With ``spec.weight_norm`` the codes are those of the
     normalized input."""
+    _check_spec(spec)
     if spec.scheme == "uniform":
         s, z, axis, group_size = _uniform_params(x, spec, scale, zero_point, alpha)
         qmin, qmax = uniform_bounds(spec.bits, spec.signed, spec.narrow_range)
@@ -196,6 +210,7 @@ def dequantize(codes: torch.Tensor, spec: QuantSpec, scale: torch.Tensor | float
                alpha: torch.Tensor | float | None = None) -> torch.Tensor:
     """Values of integer ``codes`` under ``spec``: float32 (float64 for a
     float64 scale/alpha)."""
+    _check_spec(spec)
     if spec.scheme == "uniform":
         s, z, axis, group_size = _uniform_params(codes, spec, scale, zero_point, alpha)
         return ops.dequantize_uniform(codes, s, z, axis, group_size)

@@ -10,11 +10,18 @@ SCHEMES = ("uniform", "pot", "apot")
 GRANULARITIES = ("tensor", "channel", "group")
 CALIBRATION_METHODS = ("max", "percentile", "mse", "entropy", "aciq")
 ROUNDINGS = ("nearest", "log")
+BACKENDS = ("tensorrt", "onnxruntime")
 
 
 def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
         raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+
+
+def _typed(name: str, value, kind: type) -> None:
+    """A bool where an int is expected (or a float, an int-like string ...) is a TypeError."""
+    if kind is int and isinstance(value, bool) or not isinstance(value, kind):
+        raise TypeError(f"{name} must be {'an int' if kind is int else 'a bool'}, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -64,8 +71,12 @@ class QuantSpec:
         _choice("granularity", self.granularity, GRANULARITIES)
         _choice("calibration", self.calibration, CALIBRATION_METHODS)
         _choice("rounding", self.rounding, ROUNDINGS)
-        if isinstance(self.bits, bool) or not isinstance(self.bits, int):
-            raise TypeError(f"bits must be an int, got {self.bits!r}")
+        for name in ("bits", "axis", "k") + (("group_size",) if self.group_size is not None else ()):
+            _typed(name, getattr(self, name), int)
+        for name in ("signed", "symmetric", "narrow_range", "learnable", "weight_norm"):
+            _typed(name, getattr(self, name), bool)
+        if isinstance(self.percentile, bool) or not isinstance(self.percentile, (int, float)):
+            raise TypeError(f"percentile must be a number, got {self.percentile!r}")
         lo, hi = (2, 16) if self.scheme == "uniform" else (1 if not self.signed else 2, 8)
         if not lo <= self.bits <= hi:
             raise ValueError(f"bits={self.bits} is out of range [{lo}, {hi}] for scheme={self.scheme!r}"
@@ -146,6 +157,24 @@ class QConfig:
                              "activations cannot be exported to TensorRT or ONNX Runtime integer kernels")
 
     @classmethod
-    def uniform(cls, bits: int = 8, act_bits: int | None = None, int32_bias: bool = False) -> "QConfig":
-        """W``bits`` A``act_bits`` uniform: per-channel symmetric weights, per-tensor activations."""
-        return cls(default_weight_spec(bits), default_activation_spec(act_bits or bits), int32_bias)
+    def uniform(cls, bits: int = 8, act_bits: int | None = None, backend: str = "tensorrt",
+                int32_bias: bool = False) -> "QConfig":
+        """W``bits`` A``act_bits`` uniform: per-channel symmetric weights, per-tensor
+        activations in the form the deployment ``backend`` runs as integers
+        (docs/export.md):
+
+        - ``"tensorrt"``: signed symmetric activations (int8, zero point 0:
+          TensorRT takes nothing else);
+        - ``"onnxruntime"``: unsigned asymmetric activations (uint8 with a zero
+          point): ONNX Runtime's CPU provider fuses a Conv/Gemm/Add into
+          ``QLinearConv``/``QGemm``/``QLinearAdd`` only when its input and output
+          quantizers share one type, and absorbs a ReLU before a quantizer only
+          when the zero point is the type's minimum.
+
+        ``int32_bias``: see :class:`QConfig`.
+        """
+        _choice("backend", backend, BACKENDS)
+        activation = default_activation_spec(act_bits or bits)
+        if backend == "onnxruntime":
+            activation = activation.replace(signed=False, symmetric=False)
+        return cls(default_weight_spec(bits), activation, int32_bias)

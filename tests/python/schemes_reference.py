@@ -69,42 +69,47 @@ def compute_dtype(x: torch.Tensor) -> torch.dtype:
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
-def level_index(a: torch.Tensor, levels: list[Fraction], rounding: str = "nearest") -> torch.Tensor:
-    """Index of the level nearest to a >= 0 (ties to the smaller; NaN -> 0).
+def level_index(a: torch.Tensor, mags: torch.Tensor, rounding: str = "nearest") -> torch.Tensor:
+    """Index of the level nearest to a >= 0 among ``mags`` (the levels as the
+    compute dtype holds them), ties to the smaller; NaN -> 0.
 
     "nearest": distance to every level, argmin (which returns the first, i.e.
-    smaller, of equal minima). Near-ties are settled in exact arithmetic:
-    levels such as 1/48 and 1/24 are not doubles, but their midpoint 1/32 is.
+    smaller, of equal minima); near-ties are settled in exact arithmetic.
     "log": round(log2 a) to the nearest integer; below the smallest exponent -> 0.
     """
-    mags = torch.tensor([float(f) for f in levels], dtype=torch.float64)
+    mags = mags.to(torch.float64)
     a64 = torch.nan_to_num(a.to(torch.float64), nan=0.0).reshape(-1)
     if rounding == "log":
         m = len(mags) - 2
         e = torch.log2(a64).round().clamp(max=0)
         return torch.where(e < -m, torch.zeros_like(e), e + m + 1).long().reshape(a.shape)
+    # Levels that the compute dtype merges (PoT's smallest powers underflow
+    # float32 to 0) count once: the first of them.
+    distinct = torch.unique(mags)
+    first = torch.searchsorted(mags, distinct)
+    levels = [Fraction(v) for v in distinct.tolist()]
     index = torch.empty(a64.shape, dtype=torch.long)
     for lo in range(0, len(a64), 8192):
-        d = (a64[lo:lo + 8192].unsqueeze(-1) - mags).abs()
+        d = (a64[lo:lo + 8192].unsqueeze(-1) - distinct).abs()
         index[lo:lo + 8192] = d.argmin(-1)
-        if len(mags) > 1:
+        if len(distinct) > 1:
             best = d.topk(2, dim=-1, largest=False).values
             for i in torch.nonzero(best[:, 1] - best[:, 0] <= 1e-9 * best[:, 1]).flatten().tolist():
                 v = Fraction(a64[lo + i].item())
                 index[lo + i] = min(range(len(levels)), key=lambda j: (abs(v - levels[j]), j))
-    return index.reshape(a.shape)
+    return first[index].reshape(a.shape)
 
 
 def quantized(x, alpha, scheme, bits, signed, k=2, rounding="nearest", axis=None):
     """In the compute dtype: alpha (broadcastable), v = x / alpha, v clipped,
     the magnitude index and the signed normalized level."""
     acc = compute_dtype(x)
-    levels = magnitudes(scheme, magnitude_bits(bits, signed), k)
+    mags = magnitude_tensor(scheme, magnitude_bits(bits, signed), k).to(acc)
     a = _param_view(alpha.to(acc), x, axis)
     v = x.to(acc) / a
     c = v.clamp(-1.0 if signed else 0.0, 1.0)
-    index = level_index(c.abs(), levels, rounding)
-    mag = torch.tensor([float(f) for f in levels], dtype=acc)[index]
+    index = level_index(c.abs(), mags, rounding)
+    mag = mags[index]
     return a, v, c, index, torch.where(c < 0, -mag, mag)
 
 

@@ -35,9 +35,10 @@ def with_specials(x, alpha, axis, scheme, bits, signed, k, seed):
     """Replace about a third of x by alpha times a level, a midpoint between
     levels (a tie, exact when alpha is a power of two) or a clip edge, with
     random signs."""
-    levels = ref.magnitudes(scheme, ref.magnitude_bits(bits, signed), k)
-    special = torch.tensor([float(v) for v in levels + [(a + b) / 2 for a, b in zip(levels, levels[1:])]]
-                           + [1.0, 1.0 + 2 ** -20, 0.0])
+    levels = ref.magnitude_tensor(scheme, ref.magnitude_bits(bits, signed), k)
+    single = levels.float().double()
+    special = torch.cat([levels, (levels[1:] + levels[:-1]) / 2, (single[1:] + single[:-1]) / 2,
+                         torch.tensor([1.0, 1.0 + 2 ** -20, 0.0], dtype=torch.float64)])
     g = torch.Generator().manual_seed(seed + 2)
     pick = special[torch.randint(len(special), x.shape, generator=g)]
     pick = pick * torch.where(torch.rand(x.shape, generator=g) < 0.5, -1.0, 1.0)
@@ -88,9 +89,8 @@ def test_forward_large_and_float64(device, scheme, bits, signed):
 @pytest.mark.parametrize("scheme", SCHEMES)
 @pytest.mark.parametrize("bits", [2, 4, 8])
 def test_ties_go_to_smaller_magnitude(device, scheme, bits):
-    # Midpoints that float32 holds exactly (for APoT also some between
-    # non-dyadic levels, e.g. 1/32 between 1/48 and 1/24) go down.
-    levels = ref.magnitudes(scheme, bits - 1)
+    # A value exactly between two float32 levels goes to the smaller one.
+    levels = [Fraction(v) for v in ref.magnitude_tensor(scheme, bits - 1).float().tolist()]
     ties = [(lo + hi) / 2 for lo, hi in zip(levels, levels[1:])]
     pairs = [(float(lo), float(t)) for lo, t in zip(levels, ties) if Fraction(float(torch.tensor(float(t)))) == t]
     assert len(pairs) > 0

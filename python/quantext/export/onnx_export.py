@@ -4,8 +4,10 @@ Runtime verification."""
 
 from __future__ import annotations
 
+import contextlib
 import os
-from typing import Any, Sequence
+import warnings
+from typing import Any, Iterator, Sequence
 
 import onnx
 import torch
@@ -14,11 +16,28 @@ from torch import nn
 from . import op_rules, qdq_rules
 from .graph import describe
 from .module_checks import check_modules
+from .onnxruntime_rules import check_onnxruntime_rules
 from .verify import verify_onnx, write_record
 
 # The torch.export-based exporter translates at opset 18 and converts upwards;
 # converting down fails (no Relu 14 -> 13 adapter), so 18 is the floor.
 MIN_OPSET, MAX_OPSET = 18, 23
+
+
+@contextlib.contextmanager
+def _fresh_module_stacks(model: nn.Module) -> Iterator[None]:
+    """Hides the ``nn_module_stack`` that ``torch.fx`` recorded in the nodes of
+    ``model``'s GraphModules while it is exported. torch.export would keep it
+    instead of recording its own, and for a ``qx.prepare_qat`` model it is the
+    trace of the float model: the swapped modules' old classes, and nothing
+    below them (every quantizer would be named after its layer)."""
+    saved = [(node, node.meta.pop("nn_module_stack")) for gm in model.modules() if isinstance(gm, torch.fx.GraphModule)
+             for node in gm.graph.nodes if "nn_module_stack" in node.meta]
+    try:
+        yield
+    finally:
+        for node, stack in saved:
+            node.meta["nn_module_stack"] = stack
 
 
 def _capture(model: nn.Module, args: tuple, dynamic_batch: bool) -> torch.export.ExportedProgram:
@@ -86,6 +105,10 @@ def export_onnx(
             be dynamic.
         NotImplementedError: an op (module) without an export rule.
         VerificationError: ONNX Runtime disagrees with PyTorch.
+
+    Warns:
+        UserWarning: for each issue :func:`~quantext.export.check_onnxruntime_rules`
+            finds (a bias ONNX Runtime's int8 rewrite would saturate).
     """
     if not isinstance(opset, int) or not MIN_OPSET <= opset <= MAX_OPSET:
         raise ValueError(f"opset must be an int in [{MIN_OPSET}, {MAX_OPSET}] (the torch.export-based "
@@ -96,7 +119,8 @@ def export_onnx(
     modes = {m: m.training for m in model.modules()}
     model.eval()
     try:
-        program = _capture(model, args, dynamic_batch)
+        with _fresh_module_stacks(model):
+            program = _capture(model, args, dynamic_batch)
         op_rules.check_ops(program)
         exported = torch.onnx.export(program, args, dynamo=True, opset_version=opset, verbose=False,
                                      custom_translation_table=op_rules.translation_table(),
@@ -104,6 +128,8 @@ def export_onnx(
         proto = exported.model_proto
         write_record(proto, qdq_rules.lower(proto))
         _check(proto)
+        for issue in check_onnxruntime_rules(proto):
+            warnings.warn(issue, stacklevel=2)
         onnx.save(proto, path)
         if verify:
             verify_onnx(path, model, args)

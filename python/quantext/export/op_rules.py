@@ -82,8 +82,7 @@ def level_table(scheme: str, bits: int, signed: bool, k: int = 2) -> np.ndarray:
 
 
 def _levels_adapter(a: dict[str, Any]) -> LevelsArgs:
-    """Reads quantext's ``fake_quant_levels`` by argument name: x, alpha,
-    scheme, bits, signed, k, rounding, axis."""
+    """Reads quantext's PoT/APoT op, fake_quant_levels, by argument name."""
     if a["rounding"] != "nearest":
         raise ValueError(f"export of {a['scheme']} with rounding={a['rounding']!r} is not supported: "
                          "only rounding='nearest' has an exact ONNX composition")
@@ -149,8 +148,7 @@ def _register_schemas() -> None:
 
 
 def _builtin_levels_ops() -> None:
-    if hasattr(torch.ops.quantext, "fake_quant_levels"):
-        _LEVELS_OPS.setdefault(torch.ops.quantext.fake_quant_levels.default, _levels_adapter)
+    _LEVELS_OPS.setdefault(torch.ops.quantext.fake_quant_levels.default, _levels_adapter)
 
 
 def quant_ops() -> list[torch._ops.OpOverload]:

@@ -268,7 +268,8 @@ class Quantizer(MirroredStateMixin, nn.Module):
         """Sets the parameters explicitly and marks the quantizer calibrated.
 
         Uniform: ``scale`` (positive, finite) and optionally ``zero_point``
-        (default 0; must be 0 for a symmetric spec). PoT/APoT: ``alpha``.
+        (default 0; must be 0 for a symmetric spec; integers unless it is a
+        learned LSQ+ zero point). PoT/APoT: ``alpha``.
         """
         uniform = self.spec.scheme == "uniform"
         given = {"scale": scale, "zero_point": zero_point, "alpha": alpha}
@@ -290,6 +291,9 @@ class Quantizer(MirroredStateMixin, nn.Module):
             if zp.shape != scale.shape:
                 raise ValueError(f"{self._where()}: zero_point shape {tuple(zp.shape)} does not match scale shape "
                                  f"{tuple(scale.shape)}")
+            if not self.zero_point.is_floating_point() and bool((zp != torch.round(zp)).any()):
+                # An int32 zero point would silently truncate it (only LSQ+ keeps a float one).
+                raise ValueError(f"{self._where()}: zero_point must hold integers, got {zp}")
             if bool(((zp < qmin) | (zp > qmax)).any()):
                 raise ValueError(f"{self._where()}: zero_point must lie in [{qmin}, {qmax}], got {zp}")
             if self.spec.symmetric and bool((zp != 0).any()):
