@@ -36,6 +36,7 @@ def modules() -> list[str]:
 
 def report(quick: bool, command: str) -> str:
     date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    load_before = os.getloadavg()[0]
     parts = ["# Benchmarks", "", f"- Machine: {machine()}", f"- Date: {date}", f"- Command: `{command}`"]
     if quick:
         parts.append("- Quick mode: fewer sizes and repeats. Compare the ratios, which are measured against "
@@ -51,8 +52,11 @@ def report(quick: bool, command: str) -> str:
         start = time.perf_counter()
         table = module.run(quick).strip()
         elapsed = time.perf_counter() - start
-        title = (module.__doc__ or name).strip().splitlines()[0]
+        title = " ".join((module.__doc__ or name).strip().split("\n\n")[0].split()).rstrip(":")
         parts += ["", f"## {name}.py: {title}", "", table, "", f"({elapsed:.0f} s)"]
+    # Other processes' load shows up as scheduler stalls in the medians.
+    parts.insert(5, f"- Load average (1 min) at the start and the end: {load_before:.1f} and "
+                    f"{os.getloadavg()[0]:.1f}, on {os.cpu_count()} CPUs")
     return "\n".join(parts) + "\n"
 
 

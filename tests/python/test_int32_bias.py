@@ -11,6 +11,7 @@ from torch import nn
 
 import quantext as qx
 from quantext.nn import QuantConv2d, QuantLinear
+from quantext.nn.layers import layer_bias
 from quantext.spec import QConfig, QuantSpec
 from qat_models import INPUT_SHAPE, ResidualCNN
 
@@ -49,6 +50,17 @@ def test_bias_on_the_int32_grid_with_straight_through_gradient(kind):
     b = layer.bias.detach().clone().requires_grad_()
     op(xq, wq, b).sum().backward()
     assert torch.equal(layer.bias.grad, b.grad)
+
+
+def test_bias_beyond_the_int32_range_saturates():
+    layer = QuantConv2d(3, 2, 1, qconfig=config(8))
+    layer.input_quantizer.set_qparams(scale=torch.tensor(1e-4))
+    layer.weight_quantizer.set_qparams(scale=torch.tensor([1e-8, 1e-2]))
+    with torch.no_grad():
+        layer.bias.copy_(torch.tensor([-1.0, 0.5]))
+        step = torch.tensor(1e-4) * torch.tensor([1e-8, 1e-2])
+        expected = torch.stack([-(2.0**31) * step[0], torch.round(0.5 / step[1]) * step[1]])
+        assert torch.equal(layer_bias(layer, layer.bias), expected)
 
 
 def test_non_uniform_layers_keep_a_float_bias():

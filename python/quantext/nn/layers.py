@@ -36,8 +36,9 @@ def _uniform_scale(quantizer: Quantizer | None, granularities: tuple[str, ...]) 
 def layer_bias(module: nn.Module, bias: torch.Tensor | None) -> torch.Tensor | None:
     """``bias`` as the layer uses it: with ``qconfig.int32_bias``, rounded onto
     the int32 grid of step ``input scale * weight scale`` (see
-    :class:`~quantext.QConfig`), with a straight-through gradient for the bias
-    and none for the scales; otherwise unchanged."""
+    :class:`~quantext.QConfig`; saturating at the int32 range like the
+    integer kernels), with a straight-through gradient for the bias and none
+    for the scales; otherwise unchanged."""
     if bias is None or not module.qconfig.int32_bias:
         return bias
     s_in = _uniform_scale(module.input_quantizer, ("tensor",))
@@ -45,7 +46,8 @@ def layer_bias(module: nn.Module, bias: torch.Tensor | None) -> torch.Tensor | N
     if s_in is None or s_w is None:
         return bias
     step = (s_in * s_w).reshape(-1)  # float32 product, as ONNX Runtime forms it
-    return bias + (torch.round(bias / step) * step - bias).detach()
+    codes = torch.round(bias.detach() / step).clamp(-(2**31), 2**31 - 1)  # int32 saturates
+    return codes * step + (bias - bias.detach())  # exactly the grid value; gradient straight through
 
 
 def attach_quantizers(module: nn.Module, qconfig: QConfig, weight_shape: Sequence[int]) -> None:
