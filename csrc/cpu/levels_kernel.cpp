@@ -1,10 +1,11 @@
-// CPU kernels of the level-scheme (PoT / APoT) fake-quant op: a branch-free
-// binary search over the grid's thresholds, vectorized with hardware gathers
-// (float32/float64), multi-threaded over the items of the RunLayout.
+// CPU kernels of the level-scheme (PoT / APoT) fake-quant op: SIMD level
+// search (closed form, bucket index, scan or binary search; see
+// quantext/scheme_math.h), multi-threaded over the items of the RunLayout.
 #include <torch/library.h>
 
 #include <tuple>
 
+#include "cpu/level_buckets.h"
 #include "cpu/runs.h"
 #include "cpu/vec_loops.h"
 #include "ops/dispatch.h"
@@ -23,7 +24,8 @@ at::Tensor fake_quant_levels_cpu(const at::Tensor& x, const at::Tensor& alpha, c
     using scalar_t = decltype(x_tag);
     using param_t = decltype(p_tag);
     using acc_t = acc_type<scalar_t>;
-    const auto table = make_level_table<acc_t>(a);
+    const CpuLevelTable<acc_t> grid(make_level_table<acc_t>(a));
+    const auto& table = grid.table;
     const scalar_t* xp = a.c.x.const_data_ptr<scalar_t>();
     scalar_t* yp = y.mutable_data_ptr<scalar_t>();
     const param_t* ap = a.alpha.const_data_ptr<param_t>();
@@ -51,7 +53,8 @@ std::tuple<at::Tensor, at::Tensor> fake_quant_levels_backward_cpu(const at::Tens
     using scalar_t = decltype(x_tag);
     using param_t = decltype(p_tag);
     using acc_t = acc_type<scalar_t>;
-    const auto table = make_level_table<acc_t>(a);
+    const CpuLevelTable<acc_t> grid(make_level_table<acc_t>(a));
+    const auto& table = grid.table;
     const scalar_t* xp = a.c.x.const_data_ptr<scalar_t>();
     const scalar_t* dyp = dy.const_data_ptr<scalar_t>();
     scalar_t* dxp = dx.mutable_data_ptr<scalar_t>();

@@ -34,6 +34,7 @@ struct Scalar {
   using V = T;
   using Mask = bool;
   static constexpr int kMaxScanSteps = 0;  // level search: always binary
+  static constexpr bool kBucketSearch = false;
   static QTX_HOST_DEVICE V splat(T v) { return v; }
   // Round half to even under the default rounding mode, as std::nearbyint.
   static QTX_HOST_DEVICE V round(V v) { return ::rint(v); }
@@ -154,6 +155,13 @@ QTX_HOST_DEVICE V uniform_quantize(V x, const UniformParams<V>& p) {
 // levels[i] * pot_factor (i >= 1): there the level follows from the exponent
 // of `a` with a few bit operations, whatever the number of levels.
 // pot_factor is 0 for every other grid.
+//
+// `buckets` optionally points to a bucket index of the thresholds that SIMD
+// policies with kBucketSearch use instead of the scan (cpu/level_buckets.h);
+// other policies ignore it.
+template <typename T>
+struct LevelBuckets;
+
 template <typename T>
 struct LevelTable {
   static constexpr int kMaxSteps = 8;
@@ -162,6 +170,7 @@ struct LevelTable {
   int steps;
   T lo;
   T pot_factor;
+  const LevelBuckets<T>* buckets;
 };
 
 // Index (as an integral value of type V) of the level nearest to a in [0, 1].
@@ -192,7 +201,8 @@ QTX_HOST_DEVICE void level_scan(V a, const LevelTable<T>& t, V& index, V& magnit
 }
 
 // v clipped to [lo, 1], its magnitude index and its signed level. Policies
-// choose the search: a scan up to P::kMaxScanSteps steps, else binary.
+// choose the search: buckets where the table has them and the policy
+// supports them, a scan up to P::kMaxScanSteps steps, else binary.
 template <typename V>
 struct LevelPoint {
   V clipped, index, level;
@@ -204,6 +214,12 @@ QTX_HOST_DEVICE LevelPoint<V> level_point(V v, const LevelTable<T>& t) {
   const V c = P::clamp(v, P::splat(t.lo), P::splat(T(1)));
   const V a = P::abs(c);
   V index, magnitude;
+  if constexpr (P::kBucketSearch) {
+    if (t.buckets != nullptr) {
+      P::bucket_search(a, *t.buckets, index, magnitude);
+      return {c, index, P::select(P::lt(c, zero), zero - magnitude, magnitude)};
+    }
+  }
   if (P::kMaxScanSteps > 0 && t.steps <= P::kMaxScanSteps) {
     level_scan<P>(a, t, index, magnitude);
   } else {

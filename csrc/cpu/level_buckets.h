@@ -1,0 +1,107 @@
+// A bucket index over a level grid's thresholds for the CPU's SIMD search:
+// two gathers per vector whatever the number of levels, where the linear scan
+// costs one compare and blend per threshold.
+//
+// The bits of a non-negative float grow with its value, so their top bits
+// (exponent and the first m mantissa bits) cut [0, 1] into buckets of equal
+// width within each binade. With m chosen so that no bucket holds two
+// different thresholds, the count of thresholds below `a` is the count below
+// a's bucket, plus the bucket's own thresholds when `a` lies above them: one
+// comparison. Bucket 0 takes everything below the smallest positive
+// threshold's bucket (where only thresholds equal to 0 can lie).
+#pragma once
+
+#include <ATen/cpu/vec/vec.h>
+#include <c10/util/bit_cast.h>
+
+#include <cstdint>
+#include <vector>
+
+#include "quantext/scheme_math.h"
+
+namespace quantext {
+namespace math {
+
+template <typename T>
+struct LevelBuckets {
+  int shift;           // bucket key = float bits >> shift
+  int32_t key_offset;  // bucket = clamp(key - key_offset, 0, count - 1)
+  int32_t count;
+  std::vector<T> threshold;  // per bucket: its threshold, or 2 (above every a in [0, 1])
+  std::vector<T> level;      // per bucket b: [2b] the level at or below its threshold, [2b + 1] above
+  std::vector<T> index;      // the same for the level indices
+};
+
+}  // namespace math
+
+namespace cpu {
+
+// Up to 16 levels the scan is faster than the two gathers (AVX2, AMD EPYC,
+// 1e6 float32 forward: 0.73 vs 1.16 ms); 8-bit signed APoT needs 5567
+// buckets (110 KiB of tables), unsigned 8-bit grids more, which fall back to
+// the binary search.
+constexpr int kMinBucketSteps = 5;
+constexpr int32_t kMaxBuckets = 8192;
+
+// The buckets of a float32 grid, or false when the grid is small, has a
+// closed form, or needs more than kMaxBuckets buckets.
+inline bool build_level_buckets(const math::LevelTable<float>& t, math::LevelBuckets<float>& out) {
+  const int n = (1 << t.steps) - 1;  // thresholds
+  if (t.steps < kMinBucketSteps || t.pot_factor > 0) return false;
+  int first = 0;
+  while (first < n && !(t.thresholds[first] > 0)) ++first;  // thresholds[first..] are positive
+  const auto bits = [](float v) { return static_cast<int32_t>(c10::bit_cast<uint32_t>(v)); };
+  for (int m = 0; m <= 23; ++m) {
+    const int shift = 23 - m;
+    const int32_t lo_key = first < n ? bits(t.thresholds[first]) >> shift : bits(1.0f) >> shift;
+    const int32_t count = (bits(1.0f) >> shift) - lo_key + 2;
+    if (count > kMaxBuckets) return false;
+    bool separated = true;
+    for (int i = first + 1; i < n && separated; ++i) {
+      separated = (bits(t.thresholds[i]) >> shift) != (bits(t.thresholds[i - 1]) >> shift) ||
+                  t.thresholds[i] == t.thresholds[i - 1];
+    }
+    if (!separated) continue;
+    out.shift = shift;
+    out.key_offset = lo_key - 1;
+    out.count = count;
+    out.threshold.assign(count, 2.0f);
+    out.level.assign(2 * count, 0.0f);
+    out.index.assign(2 * count, 0.0f);
+    int below = 0;  // thresholds in the buckets before b
+    for (int32_t b = 0; b < count; ++b) {
+      int above = below;
+      while (above < n &&
+             (b == 0 ? !(t.thresholds[above] > 0) : (bits(t.thresholds[above]) >> shift) - out.key_offset == b)) {
+        ++above;
+      }
+      if (above > below) out.threshold[b] = t.thresholds[below];
+      out.index[2 * b] = static_cast<float>(below);
+      out.index[2 * b + 1] = static_cast<float>(above);
+      out.level[2 * b] = t.levels[below];
+      out.level[2 * b + 1] = t.levels[above];
+      below = above;
+    }
+    return true;
+  }
+  return false;
+}
+
+// A LevelTable with its buckets where they pay off; pinned in place because
+// the table points into it.
+template <typename T>
+struct CpuLevelTable {
+  math::LevelTable<T> table;
+  math::LevelBuckets<T> buckets;
+
+  explicit CpuLevelTable(const math::LevelTable<T>& t) : table(t) {
+    if constexpr (std::is_same_v<T, float>) {
+      if (build_level_buckets(table, buckets)) table.buckets = &buckets;
+    }
+  }
+  CpuLevelTable(const CpuLevelTable&) = delete;
+  CpuLevelTable& operator=(const CpuLevelTable&) = delete;
+};
+
+}  // namespace cpu
+}  // namespace quantext
