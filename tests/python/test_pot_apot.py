@@ -100,6 +100,22 @@ def test_ties_go_to_smaller_magnitude(device, scheme, bits):
     assert torch.equal(y, torch.cat([below, -below]))
 
 
+@pytest.mark.parametrize("scheme", SCHEMES)
+@pytest.mark.parametrize("bits,signed", [(b, s) for b in range(1, 9) for s in (False, True) if not (s and b == 1)])
+def test_every_switch_point(scheme, bits, signed):
+    """Every level and the float32 values on and next to every midpoint, through
+    whichever CPU search the grid takes (closed form, bucket index, scan or
+    binary search) and through the scalar tail."""
+    levels = ref.magnitude_tensor(scheme, ref.magnitude_bits(bits, signed)).float()
+    mids = ((levels[1:].double() + levels[:-1].double()) / 2).float()
+    inf = torch.tensor(math.inf)
+    points = torch.cat([levels, mids, torch.nextafter(mids, inf), torch.nextafter(mids, -inf)])
+    x = torch.cat([points, -points]) if signed else points
+    x = torch.cat([x, x[:5]])  # an odd length leaves a scalar tail
+    alpha = torch.tensor(1.0)
+    assert_same(fake_quant_levels(x, alpha, scheme, bits, signed), ref.fake_quant(x, alpha, scheme, bits, signed))
+
+
 @settings(derandomize=True, max_examples=30, deadline=None)
 @given(bits=st.integers(1, 8), signed=st.booleans(), seed=st.integers(0, 2 ** 16))
 def test_log_rounding_matches_log2_reference(bits, signed, seed):
