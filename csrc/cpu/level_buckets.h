@@ -1,6 +1,7 @@
-// A bucket index over a level grid's thresholds for the CPU's SIMD search:
-// two gathers per vector whatever the number of levels, where the linear scan
-// costs one compare and blend per threshold.
+// A bucket index over a level grid's thresholds for the CPU's SIMD level
+// lookup: two gathers per vector whatever the number of levels, where the
+// linear scan costs one compare and blend per threshold. It gives the level,
+// not its index (the integer-code kernels search).
 //
 // The bits of a non-negative float grow with its value, so their top bits
 // (exponent and the first m mantissa bits) cut [0, 1] into buckets of equal
@@ -15,6 +16,7 @@
 #include <c10/util/bit_cast.h>
 
 #include <cstdint>
+#include <type_traits>
 #include <vector>
 
 #include "quantext/scheme_math.h"
@@ -29,7 +31,6 @@ struct LevelBuckets {
   int32_t count;
   std::vector<T> threshold;  // per bucket: its threshold, or 2 (above every a in [0, 1])
   std::vector<T> level;      // per bucket b: [2b] the level at or below its threshold, [2b + 1] above
-  std::vector<T> index;      // the same for the level indices
 };
 
 }  // namespace math
@@ -67,7 +68,6 @@ inline bool build_level_buckets(const math::LevelTable<float>& t, math::LevelBuc
     out.count = count;
     out.threshold.assign(count, 2.0f);
     out.level.assign(2 * count, 0.0f);
-    out.index.assign(2 * count, 0.0f);
     int below = 0;  // thresholds in the buckets before b
     for (int32_t b = 0; b < count; ++b) {
       int above = below;
@@ -76,8 +76,6 @@ inline bool build_level_buckets(const math::LevelTable<float>& t, math::LevelBuc
         ++above;
       }
       if (above > below) out.threshold[b] = t.thresholds[below];
-      out.index[2 * b] = static_cast<float>(below);
-      out.index[2 * b + 1] = static_cast<float>(above);
       out.level[2 * b] = t.levels[below];
       out.level[2 * b + 1] = t.levels[above];
       below = above;

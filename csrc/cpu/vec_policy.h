@@ -37,17 +37,16 @@ struct VecPolicy {
   static V select(Mask m, V a, V b) { return V::blendv(b, a, m); }
   static V abs(V v) { return v.abs(); }
   static V floor_pow2(V v) { return v & V(c10::bit_cast<T>(math::exponent_mask<T>())); }
-  // Index and level of a in [0, 1] from the grid's buckets (float32 only):
-  // one gather for the bucket's threshold, one each for the index and level
-  // on its side. NaN takes bucket 0 and fails the comparison: index 0.
-  static void bucket_search(V a, const math::LevelBuckets<T>& b, V& index, V& magnitude) {
+  // Level of a in [0, 1] from the grid's buckets (float32 only): one gather
+  // for the bucket's threshold, one for the level on its side. NaN takes
+  // bucket 0 and fails the comparison: level 0.
+  static V bucket_level(V a, const math::LevelBuckets<T>& b) {
     using I = at::vec::Vectorized<int32_t>;
     const I key = at::vec::cast<int32_t>(select(not_nan(a), a, V(0))) >> I(b.shift);
     const I bucket = at::vec::clamp(key - I(b.key_offset), I(0), I(b.count - 1));
     const V above = lt(at::vec::gather<sizeof(T)>(b.threshold.data(), bucket), a);
     const I pick = bucket + bucket - at::vec::cast<int32_t>(above);  // all-ones lanes are -1
-    index = at::vec::gather<sizeof(T)>(b.index.data(), pick);
-    magnitude = at::vec::gather<sizeof(T)>(b.level.data(), pick);
+    return at::vec::gather<sizeof(T)>(b.level.data(), pick);
   }
   // Lane-wise table[index] (a hardware gather) for integral-valued indices.
   static V lookup(const T* table, V index) {

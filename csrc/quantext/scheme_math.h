@@ -157,7 +157,7 @@ QTX_HOST_DEVICE V uniform_quantize(V x, const UniformParams<V>& p) {
 // pot_factor is 0 for every other grid.
 //
 // `buckets` optionally points to a bucket index of the thresholds that SIMD
-// policies with kBucketSearch use instead of the scan (cpu/level_buckets.h);
+// policies with kBucketSearch use to find a level (cpu/level_buckets.h);
 // other policies ignore it.
 template <typename T>
 struct LevelBuckets;
@@ -200,65 +200,61 @@ QTX_HOST_DEVICE void level_scan(V a, const LevelTable<T>& t, V& index, V& magnit
   }
 }
 
-// v clipped to [lo, 1], its magnitude index and its signed level. Policies
-// choose the search: buckets where the table has them and the policy
-// supports them, a scan up to P::kMaxScanSteps steps, else binary.
+// The level of a magnitude a in [0, 1] by one of the table's shortcuts, when
+// it has one for policy P; false otherwise. PoT grids with a pot_factor take
+// the closed form: in the binade [p, 2p) of a the level is p, or 2p above the
+// threshold p * pot_factor; clamping to levels[1] covers the binades below
+// the smallest level (and subnormal or zero a, whose p is 0); at or below
+// thresholds[0] it is 0. Policies with kBucketSearch use the table's bucket
+// index where it has one. NaN gets level 0.
+template <typename P, typename T, typename V = typename P::V>
+QTX_HOST_DEVICE bool level_shortcut(V a, const LevelTable<T>& t, V& magnitude) {
+  if (t.pot_factor > T(0)) {
+    const V p = P::floor_pow2(a);
+    const V up = P::select(P::lt(p * P::splat(t.pot_factor), a), p + p, p);
+    const V nearest = P::clamp(up, P::splat(t.levels[1]), P::splat(T(1)));
+    magnitude = P::select(P::lt(P::splat(t.thresholds[0]), a), nearest, P::splat(T(0)));
+    return true;
+  }
+  if constexpr (P::kBucketSearch) {
+    if (t.buckets != nullptr) {
+      magnitude = P::bucket_level(a, *t.buckets);
+      return true;
+    }
+  }
+  return false;
+}
+
+// v clipped to [lo, 1], its signed level and, with kIndex, its magnitude
+// index (else 0). The index comes from the search, a scan up to
+// P::kMaxScanSteps steps, else binary; the level alone may take a shortcut.
 template <typename V>
 struct LevelPoint {
   V clipped, index, level;
 };
 
-template <typename P, typename T, typename V = typename P::V>
+template <typename P, bool kIndex, typename T, typename V = typename P::V>
 QTX_HOST_DEVICE LevelPoint<V> level_point(V v, const LevelTable<T>& t) {
   const V zero = P::splat(T(0));
   const V c = P::clamp(v, P::splat(t.lo), P::splat(T(1)));
   const V a = P::abs(c);
-  V index, magnitude;
-  if constexpr (P::kBucketSearch) {
-    if (t.buckets != nullptr) {
-      P::bucket_search(a, *t.buckets, index, magnitude);
-      return {c, index, P::select(P::lt(c, zero), zero - magnitude, magnitude)};
+  V index = zero, magnitude;
+  if (kIndex || !level_shortcut<P>(a, t, magnitude)) {
+    if (P::kMaxScanSteps > 0 && t.steps <= P::kMaxScanSteps) {
+      level_scan<P>(a, t, index, magnitude);
+    } else {
+      index = level_index<P>(a, t);
+      magnitude = P::lookup(t.levels, index);
     }
   }
-  if (P::kMaxScanSteps > 0 && t.steps <= P::kMaxScanSteps) {
-    level_scan<P>(a, t, index, magnitude);
-  } else {
-    index = level_index<P>(a, t);
-    magnitude = P::lookup(t.levels, index);
-  }
   return {c, index, P::select(P::lt(c, zero), zero - magnitude, magnitude)};
-}
-
-// v clipped to [lo, 1] and its signed level, as level_point without the
-// index; PoT grids with a pot_factor take the closed form: in the binade
-// [p, 2p) of a the level is p, or 2p above the threshold p * pot_factor;
-// clamping to levels[1] covers the binades below the smallest level (and
-// subnormal or zero a, whose p is 0); at or below thresholds[0] it is 0.
-template <typename V>
-struct LevelValue {
-  V clipped, level;
-};
-
-template <typename P, typename T, typename V = typename P::V>
-QTX_HOST_DEVICE LevelValue<V> level_value(V v, const LevelTable<T>& t) {
-  if (t.pot_factor > T(0)) {
-    const V zero = P::splat(T(0)), one = P::splat(T(1));
-    const V c = P::clamp(v, P::splat(t.lo), one);
-    const V a = P::abs(c);
-    const V p = P::floor_pow2(a);
-    const V nearest = P::clamp(P::select(P::lt(p * P::splat(t.pot_factor), a), p + p, p), P::splat(t.levels[1]), one);
-    const V magnitude = P::select(P::lt(P::splat(t.thresholds[0]), a), nearest, zero);  // NaN: 0
-    return {c, P::select(P::lt(c, zero), zero - magnitude, magnitude)};
-  }
-  const auto p = level_point<P>(v, t);
-  return {p.clipped, p.level};
 }
 
 // alpha * Q(clip(x / alpha)). NaN (the only value the clip leaves outside
 // [lo, 1]) passes through; +-inf land on the end levels.
 template <typename P, typename T, typename V = typename P::V>
 QTX_HOST_DEVICE V levels_forward(V x, V alpha, const LevelTable<T>& t) {
-  const auto p = level_value<P>(x / alpha, t);
+  const auto p = level_point<P, false>(x / alpha, t);
   return P::select(P::not_nan(p.clipped), p.level * alpha, p.clipped);
 }
 
@@ -274,7 +270,7 @@ template <typename P, typename T, typename V = typename P::V>
 QTX_HOST_DEVICE LevelGrads<V> levels_backward(V dy, V x, V alpha, const LevelTable<T>& t) {
   const V zero = P::splat(T(0));
   const V v = x / alpha;
-  const auto p = level_value<P>(v, t);
+  const auto p = level_point<P, false>(v, t);
   // Inside [lo, 1] the clip leaves v unchanged; outside, the clipped value is
   // the bound's gradient; NaN fails both tests.
   const auto inside = P::eq(p.clipped, v);
@@ -285,7 +281,7 @@ QTX_HOST_DEVICE LevelGrads<V> levels_backward(V dy, V x, V alpha, const LevelTab
 // Integer code: the magnitude index, negated for negative x (NaN -> 0).
 template <typename P, typename T, typename V = typename P::V>
 QTX_HOST_DEVICE V levels_quantize(V x, V alpha, const LevelTable<T>& t) {
-  const auto p = level_point<P>(x / alpha, t);
+  const auto p = level_point<P, true>(x / alpha, t);
   return P::select(P::lt(p.clipped, P::splat(T(0))), P::splat(T(0)) - p.index, p.index);
 }
 
