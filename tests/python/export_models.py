@@ -30,6 +30,18 @@ def cnn() -> nn.Module:
                          nn.Flatten(), nn.Linear(16 * 7 * 7, 10))
 
 
+class Net(nn.Module):
+    """Hand-picked layers under ``body`` (module paths ``body.<i>``), for the
+    exporter's checks on modules that prepare_qat would not produce."""
+
+    def __init__(self, *layers: nn.Module) -> None:
+        super().__init__()
+        self.body = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+
 class MLP(nn.Module):
     """Linear layers: Gemm on a [batch, features] input, MatMul on [batch, tokens, features]."""
 

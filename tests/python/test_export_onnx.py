@@ -9,7 +9,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from export_models import assert_qdq_structure, constants, qat_model, weight_dqs
+from export_models import Net, assert_qdq_structure, constants, qat_model, weight_dqs
 from onnx import numpy_helper
 from torch import nn
 
@@ -75,15 +75,6 @@ def test_dynamic_batch_errors(tmp_path):
         qx.export_onnx(FixedBatch(), (torch.randn(2, 3),), tmp_path / "f.onnx", dynamic_batch=True)
     with pytest.raises(ValueError, match="batch dimension of size >= 2"):
         qx.export_onnx(FixedBatch(), (torch.randn(1, 3),), tmp_path / "f.onnx", dynamic_batch=True)
-
-
-class Net(nn.Module):
-    def __init__(self, *layers: nn.Module) -> None:
-        super().__init__()
-        self.body = nn.Sequential(*layers)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.body(x)
 
 
 # A fake-quant op quantext does not know (a custom op of the user's): the exporter must name its module.

@@ -34,6 +34,17 @@ def aten_zero_points(n, qmax, g):
     return torch.randint(0, qmax + 1, (n,), generator=g).float()
 
 
+def assert_matches_aten(y, y_ref, inputs, seed):
+    """Outputs and input gradients bit for bit, scale and zero-point gradients
+    to summation-order rounding."""
+    assert torch.equal(y, y_ref)
+    dx, ds, dz = grads(y, inputs, seed)
+    dx_ref, ds_ref, dz_ref = grads(y_ref, inputs, seed)
+    assert torch.equal(dx, dx_ref)
+    torch.testing.assert_close(ds, ds_ref, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(dz, dz_ref, rtol=1e-4, atol=1e-4)
+
+
 @settings(derandomize=True, max_examples=25, deadline=None)
 @given(bounds=st.sampled_from(BOUNDS), shape=st.lists(st.integers(1, 40), min_size=1, max_size=3),
        seed=st.integers(0, 2 ** 16), factor=st.sampled_from([1.0, 0.3]))
@@ -45,12 +56,7 @@ def test_per_tensor_matches_aten(bounds, shape, seed, factor):
     z = aten_zero_points(1, qmax, g).requires_grad_()
     y = fake_quant_uniform(x, s, z, qmin, qmax, grad_factor=factor)
     y_ref = torch._fake_quantize_learnable_per_tensor_affine(x, s, z, qmin, qmax, factor)
-    assert torch.equal(y, y_ref)
-    dx, ds, dz = grads(y, (x, s, z), seed)
-    dx_ref, ds_ref, dz_ref = grads(y_ref, (x, s, z), seed)
-    assert torch.equal(dx, dx_ref)
-    torch.testing.assert_close(ds, ds_ref, rtol=1e-4, atol=1e-4)
-    torch.testing.assert_close(dz, dz_ref, rtol=1e-4, atol=1e-4)
+    assert_matches_aten(y, y_ref, (x, s, z), seed)
 
 
 @settings(derandomize=True, max_examples=25, deadline=None)
@@ -69,12 +75,7 @@ def test_per_channel_matches_aten(bounds, shape, seed, factor, channels_last):
     z = aten_zero_points(c, qmax, g).requires_grad_()
     y = fake_quant_uniform(x, s, z, qmin, qmax, axis, grad_factor=factor)
     y_ref = torch._fake_quantize_learnable_per_channel_affine(x, s, z, axis, qmin, qmax, factor)
-    assert torch.equal(y, y_ref)
-    dx, ds, dz = grads(y, (x, s, z), seed)
-    dx_ref, ds_ref, dz_ref = grads(y_ref, (x, s, z), seed)
-    assert torch.equal(dx, dx_ref)
-    torch.testing.assert_close(ds, ds_ref, rtol=1e-4, atol=1e-4)
-    torch.testing.assert_close(dz, dz_ref, rtol=1e-4, atol=1e-4)
+    assert_matches_aten(y, y_ref, (x, s, z), seed)
 
 
 def lsq_reference(dy, x, s, z, qmin, qmax):

@@ -9,7 +9,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from export_models import QAT_MODELS, exported
+from export_models import QAT_MODELS, Net, exported
 from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
@@ -37,15 +37,6 @@ def test_int8_symmetric_exports_pass(name):
 def test_types_zero_points_and_narrow_ranges_are_flagged(bits, backend, message):
     issues = check_tensorrt_rules(exported("cnn", bits, backend)[3])
     assert any(re.search(message, i) for i in issues), issues
-
-
-class Net(nn.Module):
-    def __init__(self, *layers: nn.Module) -> None:
-        super().__init__()
-        self.body = nn.Sequential(*layers)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.body(x)
 
 
 def test_per_channel_activation_is_flagged(tmp_path):
