@@ -46,7 +46,7 @@ inline double midpoint_down(double a, double b) {
 
 // The LevelTable::pot_factor of a grid: c with thresholds[i] == levels[i] * c
 // for i >= 1 when the non-zero levels of T are the consecutive normal powers
-// of two up to 1 (and 0 < thresholds[0] < levels[1]), else 0. Checked on the
+// of two up to 1 (and 0 <= thresholds[0] < levels[1]), else 0. Checked on the
 // finished table, so the closed form can only reproduce the search.
 template <typename T>
 T pot_factor(const LevelSpec& spec, const math::LevelTable<T>& t) {
