@@ -33,10 +33,11 @@ __global__ void uniform_kernel(const in_t* __restrict__ in, out_t* __restrict__ 
   }
 }
 
-// Level codes or values. Decoding clamps the code into the table: the op
+// Level codes (found by search S) or values. Decoding clamps the code into the table: the op
 // validates codes, unless value checks are off, and a bad code must not read
 // outside shared memory.
-template <bool kDecode, typename in_t, typename out_t, typename acc_t, typename param_t>
+template <bool kDecode, typename in_t, typename out_t, typename acc_t, typename param_t,
+          typename S = math::LevelSearch<math::SearchKind::Binary>>
 __global__ void levels_kernel(const in_t* __restrict__ in, out_t* __restrict__ out, const param_t* __restrict__ alpha,
                               RunLayout layout, const __grid_constant__ LevelTable<acc_t> table) {
   __shared__ LevelTable<acc_t> t;
@@ -48,7 +49,7 @@ __global__ void levels_kernel(const in_t* __restrict__ in, out_t* __restrict__ o
     const acc_t v = static_cast<acc_t>(in[i]);
     out[i] =
         static_cast<out_t>(kDecode ? math::levels_dequantize<Scalar<acc_t>>(Scalar<acc_t>::clamp(v, -top, top), a, t)
-                                   : math::levels_quantize<Scalar<acc_t>>(v, a, t));
+                                   : math::levels_quantize<Scalar<acc_t>, S>(v, a, t));
   }
 }
 
@@ -103,10 +104,13 @@ at::Tensor quantize_levels_cuda(const at::Tensor& x, const at::Tensor& alpha, c1
     using x_t = decltype(x_tag);
     using param_t = decltype(p_tag);
     using acc_t = acc_type<x_t>;
-    AT_DISPATCH_INTEGRAL_TYPES(codes.scalar_type(), "quantext_quantize_levels", [&] {
-      launch(levels_kernel<false, x_t, scalar_t, acc_t, param_t>, x.numel(), a.c.x.const_data_ptr<x_t>(),
-             codes.mutable_data_ptr<scalar_t>(), a.alpha.const_data_ptr<param_t>(), a.c.layout,
-             make_level_table<acc_t>(a));
+    const auto table = make_level_table<acc_t>(a);
+    math::with_level_search<Scalar<acc_t>, true>(table, [&](auto search) {
+      AT_DISPATCH_INTEGRAL_TYPES(codes.scalar_type(), "quantext_quantize_levels", [&] {
+        launch(levels_kernel<false, x_t, scalar_t, acc_t, param_t, decltype(search)>, x.numel(),
+               a.c.x.const_data_ptr<x_t>(), codes.mutable_data_ptr<scalar_t>(), a.alpha.const_data_ptr<param_t>(),
+               a.c.layout, table);
+      });
     });
   });
   return a.c.restore(codes, x);

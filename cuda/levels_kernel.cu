@@ -1,6 +1,6 @@
 // CUDA kernels of the level-scheme (PoT / APoT) fake-quant op: each element
-// runs the branch-free binary search of quantext/scheme_math.h over the
-// thresholds in shared memory. The backward writes dx and one alpha-gradient
+// runs the PoT closed form or the branch-free binary search of
+// quantext/scheme_math.h over the thresholds in shared memory. The backward writes dx and one alpha-gradient
 // partial per item (a block per item), reduced per parameter on the device.
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -22,7 +22,7 @@ namespace {
 using math::LevelTable;
 using math::Scalar;
 
-template <typename scalar_t, typename acc_t, typename param_t>
+template <typename scalar_t, typename acc_t, typename param_t, typename S>
 __global__ void forward_kernel(const scalar_t* __restrict__ x, scalar_t* __restrict__ y,
                                const param_t* __restrict__ alpha, RunLayout layout,
                                const __grid_constant__ LevelTable<acc_t> table) {
@@ -31,11 +31,11 @@ __global__ void forward_kernel(const scalar_t* __restrict__ x, scalar_t* __restr
   const int64_t stride = int64_t(gridDim.x) * blockDim.x;
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < layout.numel; i += stride) {
     const acc_t a = static_cast<acc_t>(alpha[layout.param_of_element(i)]);
-    y[i] = static_cast<scalar_t>(math::levels_forward<Scalar<acc_t>>(static_cast<acc_t>(x[i]), a, t));
+    y[i] = static_cast<scalar_t>(math::levels_forward<Scalar<acc_t>, S>(static_cast<acc_t>(x[i]), a, t));
   }
 }
 
-template <bool kAlphaGrad, typename scalar_t, typename acc_t, typename param_t>
+template <bool kAlphaGrad, typename scalar_t, typename acc_t, typename param_t, typename S>
 __global__ void backward_kernel(const scalar_t* __restrict__ dy, const scalar_t* __restrict__ x,
                                 scalar_t* __restrict__ dx, const param_t* __restrict__ alpha, RunLayout layout,
                                 const __grid_constant__ LevelTable<acc_t> table, acc_t* __restrict__ partials) {
@@ -48,7 +48,7 @@ __global__ void backward_kernel(const scalar_t* __restrict__ dy, const scalar_t*
     acc_t da = 0;
     for (int64_t j = threadIdx.x; j < len; j += blockDim.x) {
       const int64_t i = begin + j;
-      const auto g = math::levels_backward<Scalar<acc_t>>(static_cast<acc_t>(dy[i]), static_cast<acc_t>(x[i]), a, t);
+      const auto g = math::levels_backward<Scalar<acc_t>, S>(static_cast<acc_t>(dy[i]), static_cast<acc_t>(x[i]), a, t);
       dx[i] = static_cast<scalar_t>(g.dx);
       da += g.dalpha;
     }
@@ -70,10 +70,14 @@ at::Tensor fake_quant_levels_cuda(const at::Tensor& x, const at::Tensor& alpha, 
     using scalar_t = decltype(x_tag);
     using param_t = decltype(p_tag);
     using acc_t = acc_type<scalar_t>;
-    forward_kernel<scalar_t, acc_t, param_t><<<grid_for(x.numel()), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
-        a.c.x.const_data_ptr<scalar_t>(), y.mutable_data_ptr<scalar_t>(), a.alpha.const_data_ptr<param_t>(), a.c.layout,
-        make_level_table<acc_t>(a));
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    const auto table = make_level_table<acc_t>(a);
+    math::with_level_search<Scalar<acc_t>, false>(table, [&](auto search) {
+      forward_kernel<scalar_t, acc_t, param_t, decltype(search)>
+          <<<grid_for(x.numel()), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+              a.c.x.const_data_ptr<scalar_t>(), y.mutable_data_ptr<scalar_t>(), a.alpha.const_data_ptr<param_t>(),
+              a.c.layout, table);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
   });
   return a.c.restore(y, x);
 }
@@ -98,18 +102,22 @@ std::tuple<at::Tensor, at::Tensor> fake_quant_levels_backward_cuda(const at::Ten
       using param_t = decltype(p_tag);
       using acc_t = acc_type<scalar_t>;
       const int64_t grid = std::min<int64_t>(items, int64_t(1) << 20);
+      const auto table = make_level_table<acc_t>(a);
       auto launch = [&](auto kernel) {
         kernel<<<grid, kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
             dy.const_data_ptr<scalar_t>(), a.c.x.const_data_ptr<scalar_t>(), dx.mutable_data_ptr<scalar_t>(),
-            a.alpha.const_data_ptr<param_t>(), a.c.layout, make_level_table<acc_t>(a),
+            a.alpha.const_data_ptr<param_t>(), a.c.layout, table,
             alpha_grad ? partials.mutable_data_ptr<acc_t>() : nullptr);
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       };
-      if (alpha_grad) {
-        launch(backward_kernel<true, scalar_t, acc_t, param_t>);
-      } else {
-        launch(backward_kernel<false, scalar_t, acc_t, param_t>);
-      }
+      math::with_level_search<Scalar<acc_t>, false>(table, [&](auto search) {
+        using S = decltype(search);
+        if (alpha_grad) {
+          launch(backward_kernel<true, scalar_t, acc_t, param_t, S>);
+        } else {
+          launch(backward_kernel<false, scalar_t, acc_t, param_t, S>);
+        }
+      });
     });
   }
   at::Tensor dalpha = alpha_grad ? a.c.reduce_items(partials * grad_factor, alpha) : at::zeros_like(alpha);

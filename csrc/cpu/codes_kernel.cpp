@@ -75,9 +75,12 @@ at::Tensor quantize_levels_cpu(const at::Tensor& x, const at::Tensor& alpha, c10
     using acc_t = acc_type<x_t>;
     const auto table = make_level_table<acc_t>(a);
     const param_t* ap = a.alpha.const_data_ptr<param_t>();
-    AT_DISPATCH_INTEGRAL_TYPES(codes.scalar_type(), "quantext_quantize_levels", [&] {
-      map_items<x_t, scalar_t>(a.c.layout, a.c.x, codes, [&](x_t v, int64_t i) {
-        return math::levels_quantize<Scalar<acc_t>>(acc_t(v), acc_t(ap[i]), table);
+    math::with_level_search<Scalar<acc_t>, true>(table, [&](auto search) {
+      using S = decltype(search);
+      AT_DISPATCH_INTEGRAL_TYPES(codes.scalar_type(), "quantext_quantize_levels", [&] {
+        map_items<x_t, scalar_t>(a.c.layout, a.c.x, codes, [&](x_t v, int64_t i) {
+          return math::levels_quantize<Scalar<acc_t>, S>(acc_t(v), acc_t(ap[i]), table);
+        });
       });
     });
   });

@@ -1,6 +1,7 @@
 // CPU kernels of the level-scheme (PoT / APoT) fake-quant op: SIMD level
-// search (closed form, bucket index, scan or binary search; see
-// quantext/scheme_math.h), multi-threaded over the items of the RunLayout.
+// search (closed form, bucket index, scan or binary search, picked once per
+// call; see quantext/scheme_math.h), multi-threaded over the items of the
+// RunLayout.
 #include <torch/library.h>
 
 #include <tuple>
@@ -29,10 +30,13 @@ at::Tensor fake_quant_levels_cpu(const at::Tensor& x, const at::Tensor& alpha, c
     const scalar_t* xp = a.c.x.const_data_ptr<scalar_t>();
     scalar_t* yp = y.mutable_data_ptr<scalar_t>();
     const param_t* ap = a.alpha.const_data_ptr<param_t>();
-    for_each_item(a.c.layout, [&](int64_t item, int64_t begin, int64_t len) {
-      const acc_t s = static_cast<acc_t>(ap[a.c.layout.param_of_item(item)]);
-      map_run<acc_t>(xp + begin, yp + begin, len,
-                     [&]<typename P>(typename P::V v) { return math::levels_forward<P>(v, P::splat(s), table); });
+    math::with_level_search<VecPolicy<acc_t>, false>(table, [&](auto search) {
+      using S = decltype(search);
+      for_each_item(a.c.layout, [&](int64_t item, int64_t begin, int64_t len) {
+        const acc_t s = static_cast<acc_t>(ap[a.c.layout.param_of_item(item)]);
+        map_run<acc_t>(xp + begin, yp + begin, len,
+                       [&]<typename P>(typename P::V v) { return math::levels_forward<P, S>(v, P::splat(s), table); });
+      });
     });
   });
   return a.c.restore(y, x);
@@ -60,16 +64,19 @@ std::tuple<at::Tensor, at::Tensor> fake_quant_levels_backward_cpu(const at::Tens
     scalar_t* dxp = dx.mutable_data_ptr<scalar_t>();
     const param_t* ap = a.alpha.const_data_ptr<param_t>();
     double* part = partials.mutable_data_ptr<double>();
-    for_each_item(a.c.layout, [&](int64_t item, int64_t begin, int64_t len) {
-      const acc_t s = static_cast<acc_t>(ap[a.c.layout.param_of_item(item)]);
-      const auto g = [&]<typename P>(typename P::V d, typename P::V v) {
-        return math::levels_backward<P>(d, v, P::splat(s), table);
-      };
-      if (alpha_grad) {
-        part[item] = grad_run<true, acc_t>(dyp + begin, xp + begin, dxp + begin, len, g);
-      } else {
-        grad_run<false, acc_t>(dyp + begin, xp + begin, dxp + begin, len, g);
-      }
+    math::with_level_search<VecPolicy<acc_t>, false>(table, [&](auto search) {
+      using S = decltype(search);
+      for_each_item(a.c.layout, [&](int64_t item, int64_t begin, int64_t len) {
+        const acc_t s = static_cast<acc_t>(ap[a.c.layout.param_of_item(item)]);
+        const auto g = [&]<typename P>(typename P::V d, typename P::V v) {
+          return math::levels_backward<P, S>(d, v, P::splat(s), table);
+        };
+        if (alpha_grad) {
+          part[item] = grad_run<true, acc_t>(dyp + begin, xp + begin, dxp + begin, len, g);
+        } else {
+          grad_run<false, acc_t>(dyp + begin, xp + begin, dxp + begin, len, g);
+        }
+      });
     });
   });
   at::Tensor dalpha = alpha_grad ? a.c.reduce_items(partials * grad_factor, alpha) : at::zeros_like(alpha);

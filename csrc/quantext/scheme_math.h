@@ -173,6 +173,26 @@ struct LevelTable {
   const LevelBuckets<T>* buckets;
 };
 
+// How a kernel finds the level of a magnitude. with_level_search picks it
+// once per call, so the element loop has no branches on the grid and a scan
+// of a known size is unrolled with its thresholds in registers.
+enum class SearchKind {
+  Binary,      // branch-free binary search: any grid, any policy
+  Scan,        // linear scan over the thresholds (SIMD policies, small grids)
+  ClosedForm,  // PoT grids with a pot_factor: level only
+  Buckets,     // the table's bucket index (policies with kBucketSearch): level only
+};
+
+// kSteps: the grid's steps for an unrolled scan, 0 to read them from the table.
+template <SearchKind kKind, int kSteps = 0>
+struct LevelSearch {
+  static constexpr SearchKind kind = kKind;
+  static constexpr int steps = kSteps;
+};
+
+// Scans up to this many steps (15 thresholds) are unrolled.
+constexpr int kMaxUnrolledScanSteps = 4;
+
 // Index (as an integral value of type V) of the level nearest to a in [0, 1].
 // NaN fails every comparison and gets index 0.
 template <typename P, typename T, typename V = typename P::V>
@@ -189,10 +209,10 @@ QTX_HOST_DEVICE V level_index(V a, const LevelTable<T>& t) {
 // The same index, and its level, by a linear scan over the thresholds: two
 // or three SIMD operations per threshold and no memory lookups, which beats
 // the binary search's gathers for small grids on the CPU. NaN gets index 0.
-template <typename P, typename T, typename V = typename P::V>
+template <typename P, int kSteps, typename T, typename V = typename P::V>
 QTX_HOST_DEVICE void level_scan(V a, const LevelTable<T>& t, V& index, V& magnitude) {
   index = magnitude = P::splat(T(0));
-  const int n = (1 << t.steps) - 1;
+  const int n = (1 << (kSteps > 0 ? kSteps : t.steps)) - 1;
   for (int i = 0; i < n; ++i) {
     const auto above = P::lt(P::splat(t.thresholds[i]), a);
     index = P::select(above, P::splat(T(i + 1)), index);
@@ -200,61 +220,79 @@ QTX_HOST_DEVICE void level_scan(V a, const LevelTable<T>& t, V& index, V& magnit
   }
 }
 
-// The level of a magnitude a in [0, 1] by one of the table's shortcuts, when
-// it has one for policy P; false otherwise. PoT grids with a pot_factor take
-// the closed form: in the binade [p, 2p) of a the level is p, or 2p above the
-// threshold p * pot_factor; clamping to levels[1] covers the binades below
-// the smallest level (and subnormal or zero a, whose p is 0); at or below
-// thresholds[0] it is 0. Policies with kBucketSearch use the table's bucket
-// index where it has one. NaN gets level 0.
+// PoT grids with a pot_factor: in the binade [p, 2p) of a the level is p, or
+// 2p above the threshold p * pot_factor; clamping to levels[1] covers the
+// binades below the smallest level (and subnormal or zero a, whose p is 0);
+// at or below thresholds[0] it is 0. NaN gets level 0.
 template <typename P, typename T, typename V = typename P::V>
-QTX_HOST_DEVICE bool level_shortcut(V a, const LevelTable<T>& t, V& magnitude) {
-  if (t.pot_factor > T(0)) {
-    const V p = P::floor_pow2(a);
-    const V up = P::select(P::lt(p * P::splat(t.pot_factor), a), p + p, p);
-    const V nearest = P::clamp(up, P::splat(t.levels[1]), P::splat(T(1)));
-    magnitude = P::select(P::lt(P::splat(t.thresholds[0]), a), nearest, P::splat(T(0)));
-    return true;
-  }
-  if constexpr (P::kBucketSearch) {
-    if (t.buckets != nullptr) {
-      magnitude = P::bucket_level(a, *t.buckets);
-      return true;
-    }
-  }
-  return false;
+QTX_HOST_DEVICE V pot_level(V a, const LevelTable<T>& t) {
+  const V p = P::floor_pow2(a);
+  const V up = P::select(P::lt(p * P::splat(t.pot_factor), a), p + p, p);
+  const V nearest = P::clamp(up, P::splat(t.levels[1]), P::splat(T(1)));
+  return P::select(P::lt(P::splat(t.thresholds[0]), a), nearest, P::splat(T(0)));
 }
 
 // v clipped to [lo, 1], its signed level and, with kIndex, its magnitude
-// index (else 0). The index comes from the search, a scan up to
-// P::kMaxScanSteps steps, else binary; the level alone may take a shortcut.
+// index (else 0), found by search S.
 template <typename V>
 struct LevelPoint {
   V clipped, index, level;
 };
 
-template <typename P, bool kIndex, typename T, typename V = typename P::V>
+template <typename P, typename S, bool kIndex, typename T, typename V = typename P::V>
 QTX_HOST_DEVICE LevelPoint<V> level_point(V v, const LevelTable<T>& t) {
+  static_assert(!kIndex || S::kind == SearchKind::Binary || S::kind == SearchKind::Scan,
+                "the closed form and the bucket index give levels, not indices");
   const V zero = P::splat(T(0));
   const V c = P::clamp(v, P::splat(t.lo), P::splat(T(1)));
   const V a = P::abs(c);
   V index = zero, magnitude;
-  if (kIndex || !level_shortcut<P>(a, t, magnitude)) {
-    if (P::kMaxScanSteps > 0 && t.steps <= P::kMaxScanSteps) {
-      level_scan<P>(a, t, index, magnitude);
-    } else {
-      index = level_index<P>(a, t);
-      magnitude = P::lookup(t.levels, index);
-    }
+  if constexpr (S::kind == SearchKind::ClosedForm) {
+    magnitude = pot_level<P>(a, t);
+  } else if constexpr (S::kind == SearchKind::Buckets && P::kBucketSearch) {
+    magnitude = P::bucket_level(a, *t.buckets);
+  } else if constexpr (S::kind == SearchKind::Scan) {
+    level_scan<P, S::steps>(a, t, index, magnitude);
+  } else {
+    index = level_index<P>(a, t);
+    magnitude = P::lookup(t.levels, index);
   }
   return {c, index, P::select(P::lt(c, zero), zero - magnitude, magnitude)};
 }
 
+// Calls f(LevelSearch<...>{}) with the fastest search that policy P has for
+// grid t: with kIndex one that gives indices. Host code, once per call.
+template <typename P, bool kIndex, typename T, typename F>
+decltype(auto) with_level_search(const LevelTable<T>& t, const F& f) {
+  if constexpr (!kIndex) {
+    if (t.pot_factor > T(0)) return f(LevelSearch<SearchKind::ClosedForm>{});
+    if constexpr (P::kBucketSearch) {
+      if (t.buckets != nullptr) return f(LevelSearch<SearchKind::Buckets>{});
+    }
+  }
+  if constexpr (P::kMaxScanSteps > 0) {
+    static_assert(kMaxUnrolledScanSteps == 4, "one case per unrolled size");
+    switch (t.steps) {
+      case 1:
+        return f(LevelSearch<SearchKind::Scan, 1>{});
+      case 2:
+        return f(LevelSearch<SearchKind::Scan, 2>{});
+      case 3:
+        return f(LevelSearch<SearchKind::Scan, 3>{});
+      case 4:
+        return f(LevelSearch<SearchKind::Scan, 4>{});
+      default:
+        if (t.steps <= P::kMaxScanSteps) return f(LevelSearch<SearchKind::Scan>{});
+    }
+  }
+  return f(LevelSearch<SearchKind::Binary>{});
+}
+
 // alpha * Q(clip(x / alpha)). NaN (the only value the clip leaves outside
 // [lo, 1]) passes through; +-inf land on the end levels.
-template <typename P, typename T, typename V = typename P::V>
+template <typename P, typename S, typename T, typename V = typename P::V>
 QTX_HOST_DEVICE V levels_forward(V x, V alpha, const LevelTable<T>& t) {
-  const auto p = level_point<P, false>(x / alpha, t);
+  const auto p = level_point<P, S, false>(x / alpha, t);
   return P::select(P::not_nan(p.clipped), p.level * alpha, p.clipped);
 }
 
@@ -266,11 +304,11 @@ struct LevelGrads {
   V dx, dalpha;
 };
 
-template <typename P, typename T, typename V = typename P::V>
+template <typename P, typename S, typename T, typename V = typename P::V>
 QTX_HOST_DEVICE LevelGrads<V> levels_backward(V dy, V x, V alpha, const LevelTable<T>& t) {
   const V zero = P::splat(T(0));
   const V v = x / alpha;
-  const auto p = level_point<P, false>(v, t);
+  const auto p = level_point<P, S, false>(v, t);
   // Inside [lo, 1] the clip leaves v unchanged; outside, the clipped value is
   // the bound's gradient; NaN fails both tests.
   const auto inside = P::eq(p.clipped, v);
@@ -279,9 +317,9 @@ QTX_HOST_DEVICE LevelGrads<V> levels_backward(V dy, V x, V alpha, const LevelTab
 }
 
 // Integer code: the magnitude index, negated for negative x (NaN -> 0).
-template <typename P, typename T, typename V = typename P::V>
+template <typename P, typename S, typename T, typename V = typename P::V>
 QTX_HOST_DEVICE V levels_quantize(V x, V alpha, const LevelTable<T>& t) {
-  const auto p = level_point<P, true>(x / alpha, t);
+  const auto p = level_point<P, S, true>(x / alpha, t);
   return P::select(P::lt(p.clipped, P::splat(T(0))), P::splat(T(0)) - p.index, p.index);
 }
 
