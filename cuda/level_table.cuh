@@ -19,6 +19,8 @@ __device__ __forceinline__ void load_table(const math::LevelTable<T>& src, math:
     dst.steps = src.steps;
     dst.lo = src.lo;
     dst.pot_factor = src.pot_factor;
+    dst.pot_up = src.pot_up;
+    dst.pot_down = src.pot_down;
   }
   __syncthreads();
 }

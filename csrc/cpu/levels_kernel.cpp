@@ -1,6 +1,7 @@
 // CPU kernels of the level-scheme (PoT / APoT) fake-quant op: SIMD level
 // search (closed form, bucket index, scan or binary search, picked once per
-// call; see quantext/scheme_math.h), multi-threaded over the items of the
+// call; see quantext/scheme_math.h), on x itself where one alpha serves the
+// tensor (cpu/scaled_table.h), multi-threaded over the items of the
 // RunLayout.
 #include <torch/library.h>
 
@@ -8,6 +9,7 @@
 
 #include "cpu/level_buckets.h"
 #include "cpu/runs.h"
+#include "cpu/scaled_table.h"
 #include "cpu/vec_loops.h"
 #include "ops/dispatch.h"
 #include "ops/levels.h"
@@ -32,10 +34,12 @@ at::Tensor fake_quant_levels_cpu(const at::Tensor& x, const at::Tensor& alpha, c
     const param_t* ap = a.alpha.const_data_ptr<param_t>();
     math::with_level_search<VecPolicy<acc_t>, false>(table, [&](auto search) {
       using S = decltype(search);
-      for_each_item(a.c.layout, [&](int64_t item, int64_t begin, int64_t len) {
-        const acc_t s = static_cast<acc_t>(ap[a.c.layout.param_of_item(item)]);
-        map_run<acc_t>(xp + begin, yp + begin, len,
-                       [&]<typename P>(typename P::V v) { return math::levels_forward<P, S>(v, P::splat(s), table); });
+      with_scaled_table<S>(table, ap, a.alpha.numel(), [&](const auto& grid) {
+        for_each_item(a.c.layout, [&](int64_t item, int64_t begin, int64_t len) {
+          const acc_t s = static_cast<acc_t>(ap[a.c.layout.param_of_item(item)]);
+          map_run<acc_t>(xp + begin, yp + begin, len,
+                         [&]<typename P>(typename P::V v) { return math::levels_forward<P, S>(v, P::splat(s), grid); });
+        });
       });
     });
   });
@@ -66,16 +70,18 @@ std::tuple<at::Tensor, at::Tensor> fake_quant_levels_backward_cpu(const at::Tens
     double* part = partials.mutable_data_ptr<double>();
     math::with_level_search<VecPolicy<acc_t>, false>(table, [&](auto search) {
       using S = decltype(search);
-      for_each_item(a.c.layout, [&](int64_t item, int64_t begin, int64_t len) {
-        const acc_t s = static_cast<acc_t>(ap[a.c.layout.param_of_item(item)]);
-        const auto g = [&]<typename P>(typename P::V d, typename P::V v) {
-          return math::levels_backward<P, S>(d, v, P::splat(s), table);
-        };
-        if (alpha_grad) {
-          part[item] = grad_run<true, acc_t>(dyp + begin, xp + begin, dxp + begin, len, g);
-        } else {
-          grad_run<false, acc_t>(dyp + begin, xp + begin, dxp + begin, len, g);
-        }
+      with_scaled_table<S>(table, ap, a.alpha.numel(), [&](const auto& grid) {
+        for_each_item(a.c.layout, [&](int64_t item, int64_t begin, int64_t len) {
+          const acc_t s = static_cast<acc_t>(ap[a.c.layout.param_of_item(item)]);
+          const auto g = [&]<typename P>(typename P::V d, typename P::V v) {
+            return math::levels_backward<P, S>(d, v, P::splat(s), grid);
+          };
+          if (alpha_grad) {
+            part[item] = grad_run<true, acc_t>(dyp + begin, xp + begin, dxp + begin, len, g);
+          } else {
+            grad_run<false, acc_t>(dyp + begin, xp + begin, dxp + begin, len, g);
+          }
+        });
       });
     });
   });

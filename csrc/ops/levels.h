@@ -80,6 +80,8 @@ math::LevelTable<T> make_level_table(const LevelArgs& a) {
                                                             : midpoint_down(t.levels[i], t.levels[i + 1]);
   }
   t.pot_factor = pot_factor(a.spec, t);
+  t.pot_up = T(2);
+  t.pot_down = T(1);
   return t;
 }
 

@@ -153,8 +153,10 @@ QTX_HOST_DEVICE V uniform_quantize(V x, const UniformParams<V>& p) {
 // PoT grids whose non-zero levels are consecutive normal powers of two have
 // one threshold per binade at the same relative place, thresholds[i] =
 // levels[i] * pot_factor (i >= 1): there the level follows from the exponent
-// of `a` with a few bit operations, whatever the number of levels.
-// pot_factor is 0 for every other grid.
+// of `a` with a few bit operations, whatever the number of levels. In the
+// binade [p, 2p) of `a` that threshold is p * pot_factor and the levels on
+// its two sides are p * pot_up and p * pot_down (2p and p here; other values
+// in a ScaledTable). pot_factor is 0 for every other grid.
 //
 // `buckets` optionally points to a bucket index of the thresholds that SIMD
 // policies with kBucketSearch use to find a level (cpu/level_buckets.h);
@@ -169,8 +171,22 @@ struct LevelTable {
   T levels[1 << kMaxSteps];
   int steps;
   T lo;
-  T pot_factor;
+  T pot_factor, pot_up, pot_down;
   const LevelBuckets<T>* buckets;
+};
+
+// A grid with one clipping value alpha folded into its thresholds, for
+// kernels where one alpha serves many elements: the search compares |x|
+// itself and the forward needs no division. table.thresholds[i] is the
+// largest x >= 0 whose quotient x / alpha, rounded in T, is at most the
+// grid's thresholds[i], so `threshold < |x|` holds exactly when it held for
+// the quotient; the closed form is rescaled alike; the levels are the grid's.
+// [inside_lo, inside_hi] are the x whose quotient lies in [lo, 1], lo the
+// grid's clip bound (cpu/scaled_table.h builds it).
+template <typename T>
+struct ScaledTable {
+  LevelTable<T> table;
+  T lo, inside_lo, inside_hi;
 };
 
 // How a kernel finds the level of a magnitude. with_level_search picks it
@@ -220,16 +236,49 @@ QTX_HOST_DEVICE void level_scan(V a, const LevelTable<T>& t, V& index, V& magnit
   }
 }
 
-// PoT grids with a pot_factor: in the binade [p, 2p) of a the level is p, or
-// 2p above the threshold p * pot_factor; clamping to levels[1] covers the
-// binades below the smallest level (and subnormal or zero a, whose p is 0);
-// at or below thresholds[0] it is 0. NaN gets level 0.
+// PoT grids with a pot_factor: in the binade [p, 2p) of a the level is
+// p * pot_down, or p * pot_up above the threshold p * pot_factor; clamping to
+// levels[1] covers the binades below the smallest level (and subnormal or
+// zero a, whose p is 0); at or below thresholds[0] it is 0. NaN gets level 0.
 template <typename P, typename T, typename V = typename P::V>
 QTX_HOST_DEVICE V pot_level(V a, const LevelTable<T>& t) {
   const V p = P::floor_pow2(a);
-  const V up = P::select(P::lt(p * P::splat(t.pot_factor), a), p + p, p);
+  const V up = P::select(P::lt(p * P::splat(t.pot_factor), a), p * P::splat(t.pot_up), p * P::splat(t.pot_down));
   const V nearest = P::clamp(up, P::splat(t.levels[1]), P::splat(T(1)));
   return P::select(P::lt(P::splat(t.thresholds[0]), a), nearest, P::splat(T(0)));
+}
+
+// The level of magnitude a (in [0, 1], or |x| for a ScaledTable) and, with
+// kIndex, its index (else 0), found by search S.
+template <typename V>
+struct LevelFound {
+  V index, magnitude;
+};
+
+template <typename P, typename S, bool kIndex, typename T, typename V = typename P::V>
+QTX_HOST_DEVICE LevelFound<V> find_level(V a, const LevelTable<T>& t) {
+  static_assert(!kIndex || S::kind == SearchKind::Binary || S::kind == SearchKind::Scan,
+                "the closed form and the bucket index give levels, not indices");
+  V index = P::splat(T(0)), magnitude;
+  if constexpr (S::kind == SearchKind::ClosedForm) {
+    magnitude = pot_level<P>(a, t);
+  } else if constexpr (S::kind == SearchKind::Buckets && P::kBucketSearch) {
+    magnitude = P::bucket_level(a, *t.buckets);
+  } else if constexpr (S::kind == SearchKind::Scan) {
+    level_scan<P, S::steps>(a, t, index, magnitude);
+  } else {
+    index = level_index<P>(a, t);
+    magnitude = P::lookup(t.levels, index);
+  }
+  return {index, magnitude};
+}
+
+// The level of a negative value is the negated magnitude; -0 and values that
+// round to level 0 get +0.
+template <typename P, typename T, typename V = typename P::V>
+QTX_HOST_DEVICE V signed_level(V magnitude, V value) {
+  const V zero = P::splat(T(0));
+  return P::select(P::lt(value, zero), zero - magnitude, magnitude);
 }
 
 // v clipped to [lo, 1], its signed level and, with kIndex, its magnitude
@@ -241,23 +290,17 @@ struct LevelPoint {
 
 template <typename P, typename S, bool kIndex, typename T, typename V = typename P::V>
 QTX_HOST_DEVICE LevelPoint<V> level_point(V v, const LevelTable<T>& t) {
-  static_assert(!kIndex || S::kind == SearchKind::Binary || S::kind == SearchKind::Scan,
-                "the closed form and the bucket index give levels, not indices");
-  const V zero = P::splat(T(0));
   const V c = P::clamp(v, P::splat(t.lo), P::splat(T(1)));
-  const V a = P::abs(c);
-  V index = zero, magnitude;
-  if constexpr (S::kind == SearchKind::ClosedForm) {
-    magnitude = pot_level<P>(a, t);
-  } else if constexpr (S::kind == SearchKind::Buckets && P::kBucketSearch) {
-    magnitude = P::bucket_level(a, *t.buckets);
-  } else if constexpr (S::kind == SearchKind::Scan) {
-    level_scan<P, S::steps>(a, t, index, magnitude);
-  } else {
-    index = level_index<P>(a, t);
-    magnitude = P::lookup(t.levels, index);
-  }
-  return {c, index, P::select(P::lt(c, zero), zero - magnitude, magnitude)};
+  const auto found = find_level<P, S, kIndex>(P::abs(c), t);
+  return {c, found.index, signed_level<P, T>(found.magnitude, c)};
+}
+
+// The signed level of x under a ScaledTable. Clipping x to the image of
+// [lo, 1] leaves the negative x of unsigned grids below every threshold.
+template <typename P, typename S, typename T, typename V = typename P::V>
+QTX_HOST_DEVICE V scaled_level(V x, const ScaledTable<T>& s) {
+  const V a = P::abs(P::clamp(x, P::splat(s.inside_lo), P::splat(s.inside_hi)));
+  return signed_level<P, T>(find_level<P, S, false>(a, s.table).magnitude, x);
 }
 
 // Calls f(LevelSearch<...>{}) with the fastest search that policy P has for
@@ -296,6 +339,12 @@ QTX_HOST_DEVICE V levels_forward(V x, V alpha, const LevelTable<T>& t) {
   return P::select(P::not_nan(p.clipped), p.level * alpha, p.clipped);
 }
 
+// The same with alpha folded into s: no division.
+template <typename P, typename S, typename T, typename V = typename P::V>
+QTX_HOST_DEVICE V levels_forward(V x, V alpha, const ScaledTable<T>& s) {
+  return P::select(P::not_nan(x), scaled_level<P, S>(x, s) * alpha, x);
+}
+
 // Clipped straight-through gradient for x and the per-element gradient for
 // alpha (APoT's reparameterized clipping): Q(v) - v inside [lo, 1], the clip
 // bound (+1 above, lo below) outside, 0 for NaN.
@@ -313,6 +362,16 @@ QTX_HOST_DEVICE LevelGrads<V> levels_backward(V dy, V x, V alpha, const LevelTab
   // the bound's gradient; NaN fails both tests.
   const auto inside = P::eq(p.clipped, v);
   const V term = P::select(P::not_nan(p.clipped), P::select(inside, p.level - v, p.clipped), zero);
+  return {P::select(inside, dy, zero), dy * term};
+}
+
+// The same with alpha folded into s: the clip test compares x itself.
+template <typename P, typename S, typename T, typename V = typename P::V>
+QTX_HOST_DEVICE LevelGrads<V> levels_backward(V dy, V x, V alpha, const ScaledTable<T>& s) {
+  const V zero = P::splat(T(0));
+  const auto inside = P::in_range(x, P::splat(s.inside_lo), P::splat(s.inside_hi));
+  const V bound = P::select(P::lt(x, zero), P::splat(s.lo), P::splat(T(1)));
+  const V term = P::select(inside, scaled_level<P, S>(x, s) - x / alpha, P::select(P::not_nan(x), bound, zero));
   return {P::select(inside, dy, zero), dy * term};
 }
 

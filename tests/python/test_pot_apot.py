@@ -116,6 +116,56 @@ def test_every_switch_point(scheme, bits, signed):
     assert_same(fake_quant_levels(x, alpha, scheme, bits, signed), ref.fake_quant(x, alpha, scheme, bits, signed))
 
 
+def neighbours(x, steps):
+    """x and its float neighbours up to `steps` ulps away on both sides."""
+    out, up, down = [x], x, x
+    for _ in range(steps):
+        up, down = torch.nextafter(up, up.new_tensor(math.inf)), torch.nextafter(down, down.new_tensor(-math.inf))
+        out += [up, down]
+    return torch.cat(out)
+
+
+@pytest.mark.parametrize("rounding", ["nearest", "log"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("alpha", [0.37, 3e-5, 6e4, 2 ** -140, 1e30])
+def test_switch_points_with_alpha(alpha, dtype, rounding):
+    """With one alpha the CPU compares x with the thresholds carried over to
+    x (no division): every x next to alpha times a level, a switch point or
+    the clip edge gives the level, dx and dalpha of the quotient, as the
+    reference and the per-channel kernel (which divides) compute them, on
+    every grid. The alphas cover subnormal products and quotients. (The
+    reference's log2 is not exact at float64 geometric midpoints: float64 log
+    rounding is checked against the per-channel kernel only.)"""
+    alpha_t = torch.tensor(alpha, dtype=dtype)
+    against_ref = dtype == torch.float32 or rounding == "nearest"
+    for scheme in SCHEMES:
+        for bits, signed in [(b, s) for b in range(1, 9) for s in (False, True) if not (s and b == 1)]:
+            if scheme == "apot" and rounding == "log":
+                continue
+            levels = ref.magnitude_tensor(scheme, ref.magnitude_bits(bits, signed)).to(dtype).double()
+            mids = (levels[1:] + levels[:-1]) / 2 if rounding == "nearest" else levels[1:] * math.sqrt(0.5)
+            points = (torch.cat([levels, mids]) * alpha).to(dtype)
+            x = neighbours(points, 3)
+            x = torch.cat([x, -x, x[:5]])  # an odd length leaves a scalar tail
+            args = (scheme, bits, signed, 2, rounding)
+            dy = torch.linspace(-1, 1, len(x), dtype=dtype)
+            xg, ag = x.clone().requires_grad_(), alpha_t.clone().requires_grad_()
+            y = fake_quant_levels(xg, ag, *args)
+            y.backward(dy)
+            # Two channels of the same alpha take the dividing kernels.
+            x2, a2 = torch.stack([x, x]).requires_grad_(), alpha_t.repeat(2).requires_grad_()
+            y2 = fake_quant_levels(x2, a2, *args, axis=0)
+            y2.backward(torch.stack([dy, dy]))
+            assert_same(y, y2[0].detach())
+            assert torch.equal(xg.grad, x2.grad[0])
+            torch.testing.assert_close(ag.grad, a2.grad[0], rtol=1e-6, atol=1e-30)
+            if against_ref:
+                assert_same(y.detach(), ref.fake_quant(x, alpha_t, *args))
+                dx, dalpha = ref.grads(dy, x, alpha_t, *args)
+                assert torch.equal(xg.grad, dx)
+                torch.testing.assert_close(ag.grad.double(), dalpha, rtol=1e-5, atol=1e-30)
+
+
 @settings(derandomize=True, max_examples=30, deadline=None)
 @given(bits=st.integers(1, 8), signed=st.booleans(), seed=st.integers(0, 2 ** 16))
 def test_log_rounding_matches_log2_reference(bits, signed, seed):
