@@ -15,12 +15,15 @@
 namespace quantext {
 namespace cpu {
 
+template <typename T>
+using Bits = std::conditional_t<sizeof(T) == 4, uint32_t, uint64_t>;
+
 // The largest x >= 0 of type T whose quotient x / alpha, rounded in T, is at
 // most q >= 0. The quotient does not decrease with x, nor x with its bits:
 // a binary search over the bits, its bracket first narrowed around q * alpha.
 template <typename T>
 T largest_at_most(T q, T alpha) {
-  using U = std::conditional_t<sizeof(T) == 4, uint32_t, uint64_t>;
+  using U = Bits<T>;
   const auto at_most = [&](U bits) { return c10::bit_cast<T>(bits) / alpha <= q; };
   U lo = 0;                                                     // 0 / alpha <= q
   U hi = c10::bit_cast<U>(std::numeric_limits<T>::infinity());  // inf / alpha > q
@@ -49,11 +52,14 @@ constexpr bool kScalable = (S::kind == math::SearchKind::Scan && S::steps > 0) |
 template <typename S, typename T>
 bool scale_table(const math::LevelTable<T>& t, T alpha, math::ScaledTable<T>& out) {
   static_assert(kScalable<S>);
+  using U = Bits<T>;
   const int n = 1 << t.steps;  // levels
   out.table = t;
   out.lo = t.lo;
   out.inside_hi = largest_at_most(T(1), alpha);
   out.inside_lo = t.lo < 0 ? -out.inside_hi : -largest_at_most(T(0), alpha);
+  const U all = ~U(0);
+  out.magnitude_mask = c10::bit_cast<T>(t.lo < 0 ? all >> 1 : all);
   T* bounds = out.table.thresholds;
   if constexpr (S::kind == math::SearchKind::Scan) {
     for (int i = 0; i + 1 < n; ++i) bounds[i] = largest_at_most(t.thresholds[i], alpha);

@@ -51,13 +51,24 @@ struct Scalar {
   static QTX_HOST_DEVICE V lookup(const T* table, V index) { return table[static_cast<int>(index)]; }
   // v with its mantissa bits cleared: 2^floor(log2 v) for normal v >= 0.
   static QTX_HOST_DEVICE V floor_pow2(V v) {
-    using U = std::conditional_t<sizeof(T) == 4, uint32_t, uint64_t>;
     U bits;
     memcpy(&bits, &v, sizeof(T));
     bits &= exponent_mask<T>();
     memcpy(&v, &bits, sizeof(T));
     return v;
   }
+  // The bits of v and of mask, anded.
+  static QTX_HOST_DEVICE V and_bits(V v, V mask) {
+    U a, b;
+    memcpy(&a, &v, sizeof(T));
+    memcpy(&b, &mask, sizeof(T));
+    a &= b;
+    memcpy(&v, &a, sizeof(T));
+    return v;
+  }
+
+ private:
+  using U = std::conditional_t<sizeof(T) == 4, uint32_t, uint64_t>;
 };
 
 template <>
@@ -183,10 +194,14 @@ struct LevelTable {
 // the quotient; the closed form is rescaled alike; the levels are the grid's.
 // [inside_lo, inside_hi] are the x whose quotient lies in [lo, 1], lo the
 // grid's clip bound (cpu/scaled_table.h builds it).
+// A magnitude is x with its bits anded with magnitude_mask: |x| for a
+// signed grid (the sign bit cleared), x itself for an unsigned one, where
+// negative x then lie below every threshold.
 template <typename T>
 struct ScaledTable {
   LevelTable<T> table;
   T lo, inside_lo, inside_hi;
+  T magnitude_mask;  // a bit pattern
 };
 
 // How a kernel finds the level of a magnitude. with_level_search picks it
@@ -295,11 +310,11 @@ QTX_HOST_DEVICE LevelPoint<V> level_point(V v, const LevelTable<T>& t) {
   return {c, found.index, signed_level<P, T>(found.magnitude, c)};
 }
 
-// The signed level of x under a ScaledTable. Clipping x to the image of
-// [lo, 1] leaves the negative x of unsigned grids below every threshold.
+// The signed level of x under a ScaledTable. The searches need no clip: x
+// beyond the clip range lies above every threshold (the closed form clamps).
 template <typename P, typename S, typename T, typename V = typename P::V>
 QTX_HOST_DEVICE V scaled_level(V x, const ScaledTable<T>& s) {
-  const V a = P::abs(P::clamp(x, P::splat(s.inside_lo), P::splat(s.inside_hi)));
+  const V a = P::and_bits(x, P::splat(s.magnitude_mask));
   return signed_level<P, T>(find_level<P, S, false>(a, s.table).magnitude, x);
 }
 
