@@ -55,7 +55,6 @@ bool scale_table(const math::LevelTable<T>& t, T alpha, math::ScaledTable<T>& ou
   using U = Bits<T>;
   const int n = 1 << t.steps;  // levels
   out.table = t;
-  out.lo = t.lo;
   out.inside_hi = largest_at_most(T(1), alpha);
   out.inside_lo = t.lo < 0 ? -out.inside_hi : -largest_at_most(T(0), alpha);
   const U all = ~U(0);

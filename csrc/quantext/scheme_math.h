@@ -192,15 +192,15 @@ struct LevelTable {
 // largest x >= 0 whose quotient x / alpha, rounded in T, is at most the
 // grid's thresholds[i], so `threshold < |x|` holds exactly when it held for
 // the quotient; the closed form is rescaled alike; the levels are the grid's.
-// [inside_lo, inside_hi] are the x whose quotient lies in [lo, 1], lo the
-// grid's clip bound (cpu/scaled_table.h builds it).
+// [inside_lo, inside_hi] are the x whose quotient lies in the clip range
+// [lo, 1] (cpu/scaled_table.h builds it).
 // A magnitude is x with its bits anded with magnitude_mask: |x| for a
 // signed grid (the sign bit cleared), x itself for an unsigned one, where
 // negative x then lie below every threshold.
 template <typename T>
 struct ScaledTable {
   LevelTable<T> table;
-  T lo, inside_lo, inside_hi;
+  T inside_lo, inside_hi;
   T magnitude_mask;  // a bit pattern
 };
 
@@ -362,7 +362,9 @@ QTX_HOST_DEVICE V levels_forward(V x, V alpha, const ScaledTable<T>& s) {
 
 // Clipped straight-through gradient for x and the per-element gradient for
 // alpha (APoT's reparameterized clipping): Q(v) - v inside [lo, 1], the clip
-// bound (+1 above, lo below) outside, 0 for NaN.
+// bound (+1 above, lo below) outside, 0 for NaN. Outside, the level is that
+// bound (the top level is 1; the bottom one -1, or 0 when unsigned), and NaN
+// has level 0: the term is the level less v where v is inside.
 template <typename V>
 struct LevelGrads {
   V dx, dalpha;
@@ -373,11 +375,8 @@ QTX_HOST_DEVICE LevelGrads<V> levels_backward(V dy, V x, V alpha, const LevelTab
   const V zero = P::splat(T(0));
   const V v = x / alpha;
   const auto p = level_point<P, S, false>(v, t);
-  // Inside [lo, 1] the clip leaves v unchanged; outside, the clipped value is
-  // the bound's gradient; NaN fails both tests.
-  const auto inside = P::eq(p.clipped, v);
-  const V term = P::select(P::not_nan(p.clipped), P::select(inside, p.level - v, p.clipped), zero);
-  return {P::select(inside, dy, zero), dy * term};
+  const auto inside = P::eq(p.clipped, v);  // the clip leaves v unchanged; NaN fails
+  return {P::select(inside, dy, zero), dy * (p.level - P::select(inside, v, zero))};
 }
 
 // The same with alpha folded into s: the clip test compares x itself.
@@ -385,9 +384,7 @@ template <typename P, typename S, typename T, typename V = typename P::V>
 QTX_HOST_DEVICE LevelGrads<V> levels_backward(V dy, V x, V alpha, const ScaledTable<T>& s) {
   const V zero = P::splat(T(0));
   const auto inside = P::in_range(x, P::splat(s.inside_lo), P::splat(s.inside_hi));
-  const V bound = P::select(P::lt(x, zero), P::splat(s.lo), P::splat(T(1)));
-  const V term = P::select(inside, scaled_level<P, S>(x, s) - x / alpha, P::select(P::not_nan(x), bound, zero));
-  return {P::select(inside, dy, zero), dy * term};
+  return {P::select(inside, dy, zero), dy * (scaled_level<P, S>(x, s) - P::select(inside, x / alpha, zero))};
 }
 
 // Integer code: the magnitude index, negated for negative x (NaN -> 0).
