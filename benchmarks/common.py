@@ -1,14 +1,40 @@
 """Timing and reporting shared by the benchmarks: medians over repeats after
-warm-up, and Markdown tables."""
+warm-up, and Markdown tables.
+
+Importing it keeps freed memory in the process (glibc malloc): PyTorch's CPU
+allocator does not cache, and by default glibc hands large freed buffers back
+to the kernel, so the next op's output faults its pages in again (1-3 ms for
+4 MB on the development VM), in phases that depend on the allocation history
+rather than on the op. Set QUANTEXT_BENCH_MALLOC=default to measure with
+glibc's defaults.
+"""
 
 from __future__ import annotations
 
+import ctypes
+import os
 import platform
 import statistics
 import time
 from typing import Callable
 
 import torch
+
+
+def _steady_allocator() -> str:
+    """Raise glibc's mmap and trim thresholds; returns how malloc is set."""
+    if os.environ.get("QUANTEXT_BENCH_MALLOC") == "default":
+        return "glibc malloc defaults"
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return "system malloc"
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    ok = libc.mallopt(m_mmap_threshold, 32 << 20) == 1 and libc.mallopt(m_trim_threshold, 2**31 - 1) == 1
+    return "glibc malloc, no trim, mmap above 32 MiB" if ok else "glibc malloc defaults"
+
+
+MALLOC = _steady_allocator()
 
 
 def median_seconds(fn: Callable[[], object], repeats: int = 15, warmup: int = 3, min_time: float = 0.0) -> float:
@@ -36,7 +62,7 @@ def machine() -> str:
     except (OSError, StopIteration):
         pass
     gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
-    return f"{cpu}, {torch.get_num_threads()} threads{gpu}; torch {torch.__version__}"
+    return f"{cpu}, {torch.get_num_threads()} threads{gpu}; torch {torch.__version__}; {MALLOC}"
 
 
 def markdown_table(header: list[str], rows: list[list[object]]) -> str:
