@@ -41,8 +41,8 @@ T largest_at_most(T q, T alpha) {
 // Searches that a ScaledTable serves: the unrolled scan (up to 15 thresholds
 // to carry over) and the PoT closed form (two).
 template <typename S>
-constexpr bool kScalable = (S::kind == math::SearchKind::Scan && S::steps > 0) || S::kind
-                                                                                      == math::SearchKind::ClosedForm;
+constexpr bool kScalable = S::kind == math::SearchKind::ClosedForm ||
+                           (S::kind == math::SearchKind::Scan && S::steps > 0);
 
 // The ScaledTable of grid t for search S and alpha, or false where the
 // closed form does not carry over. Halving x halves its rounded quotient as
@@ -72,7 +72,7 @@ bool scale_table(const math::LevelTable<T>& t, T alpha, math::ScaledTable<T>& ou
     if (!(smallest >= std::numeric_limits<T>::min()) || largest_at_most(t.thresholds[1], alpha) != smallest) {
       return false;
     }
-    const T binade = math::Scalar<T>::floor_pow2(top);  // levels 1/2 and 1 live in [binade, 2 binade)
+    const T binade = math::Scalar<T>::floor_pow2(top);  // where x switches from level 1/2 to 1
     out.table.pot_factor = top / binade;
     out.table.pot_up = T(1) / binade;
     out.table.pot_down = out.table.pot_up / 2;
