@@ -112,10 +112,10 @@ def fake_quant_levels(
     ``y = alpha * Q(clip(x / alpha))``: ``x / alpha`` is clipped to ``[-1, 1]``
     (signed) or ``[0, 1]`` (unsigned) and mapped to the nearest level of
     :func:`quantext.levels` ``(scheme, bits, signed, k)``, a tie going to the
-    smaller magnitude (the level is found by a binary search over the
-    midpoints between levels). ``rounding="log"`` (PoT only) rounds
-    ``log2|x/alpha|`` to the nearest integer instead, i.e. switches levels at
-    the geometric midpoints ``2^-(j+1/2)``; a magnitude below
+    smaller magnitude (the level is found by comparing with the midpoints
+    between levels, never by a distance to every level). ``rounding="log"``
+    (PoT only) rounds ``log2|x/alpha|`` to the nearest integer instead, i.e.
+    switches levels at the geometric midpoints ``2^-(j+1/2)``; a magnitude below
     ``2^-(m+1/2)``, ``2^-m`` being the smallest non-zero level
     (``m = 2^B - 2``), rounds to 0. NaN stays NaN; +-inf go to the end levels.
 
