@@ -18,6 +18,16 @@ namespace quantext {
 namespace cpu {
 namespace {
 
+// Calls f(search, grid): the search picked for the table once per call, on its
+// ScaledTable where one alpha serves the tensor and the search has one, else
+// on the table itself.
+template <typename acc_t, typename param_t, typename F>
+void with_grid(const math::LevelTable<acc_t>& table, const param_t* alpha, int64_t alphas, const F& f) {
+  math::with_level_search<VecPolicy<acc_t>, false>(table, [&](auto search) {
+    with_scaled_table<decltype(search)>(table, alpha, alphas, [&](const auto& grid) { f(search, grid); });
+  });
+}
+
 at::Tensor fake_quant_levels_cpu(const at::Tensor& x, const at::Tensor& alpha, c10::string_view scheme, int64_t bits,
                                  bool is_signed, int64_t k, c10::string_view rounding, std::optional<int64_t> axis,
                                  double /*grad_factor*/) {
@@ -27,19 +37,16 @@ at::Tensor fake_quant_levels_cpu(const at::Tensor& x, const at::Tensor& alpha, c
     using scalar_t = decltype(x_tag);
     using param_t = decltype(p_tag);
     using acc_t = acc_type<scalar_t>;
-    const CpuLevelTable<acc_t> grid(make_level_table<acc_t>(a));
-    const auto& table = grid.table;
+    const CpuLevelTable<acc_t> levels(make_level_table<acc_t>(a));
     const scalar_t* xp = a.c.x.const_data_ptr<scalar_t>();
     scalar_t* yp = y.mutable_data_ptr<scalar_t>();
     const param_t* ap = a.alpha.const_data_ptr<param_t>();
-    math::with_level_search<VecPolicy<acc_t>, false>(table, [&](auto search) {
+    with_grid(levels.table, ap, a.alpha.numel(), [&](auto search, const auto& grid) {
       using S = decltype(search);
-      with_scaled_table<S>(table, ap, a.alpha.numel(), [&](const auto& grid) {
-        for_each_item(a.c.layout, [&](int64_t item, int64_t begin, int64_t len) {
-          const acc_t s = static_cast<acc_t>(ap[a.c.layout.param_of_item(item)]);
-          map_run<acc_t>(xp + begin, yp + begin, len,
-                         [&]<typename P>(typename P::V v) { return math::levels_forward<P, S>(v, P::splat(s), grid); });
-        });
+      for_each_item(a.c.layout, [&](int64_t item, int64_t begin, int64_t len) {
+        const acc_t s = static_cast<acc_t>(ap[a.c.layout.param_of_item(item)]);
+        map_run<acc_t>(xp + begin, yp + begin, len,
+                       [&]<typename P>(typename P::V v) { return math::levels_forward<P, S>(v, P::splat(s), grid); });
       });
     });
   });
@@ -61,27 +68,24 @@ std::tuple<at::Tensor, at::Tensor> fake_quant_levels_backward_cpu(const at::Tens
     using scalar_t = decltype(x_tag);
     using param_t = decltype(p_tag);
     using acc_t = acc_type<scalar_t>;
-    const CpuLevelTable<acc_t> grid(make_level_table<acc_t>(a));
-    const auto& table = grid.table;
+    const CpuLevelTable<acc_t> levels(make_level_table<acc_t>(a));
     const scalar_t* xp = a.c.x.const_data_ptr<scalar_t>();
     const scalar_t* dyp = dy.const_data_ptr<scalar_t>();
     scalar_t* dxp = dx.mutable_data_ptr<scalar_t>();
     const param_t* ap = a.alpha.const_data_ptr<param_t>();
     double* part = partials.mutable_data_ptr<double>();
-    math::with_level_search<VecPolicy<acc_t>, false>(table, [&](auto search) {
+    with_grid(levels.table, ap, a.alpha.numel(), [&](auto search, const auto& grid) {
       using S = decltype(search);
-      with_scaled_table<S>(table, ap, a.alpha.numel(), [&](const auto& grid) {
-        for_each_item(a.c.layout, [&](int64_t item, int64_t begin, int64_t len) {
-          const acc_t s = static_cast<acc_t>(ap[a.c.layout.param_of_item(item)]);
-          const auto g = [&]<typename P>(typename P::V d, typename P::V v) {
-            return math::levels_backward<P, S>(d, v, P::splat(s), grid);
-          };
-          if (alpha_grad) {
-            part[item] = grad_run<true, acc_t>(dyp + begin, xp + begin, dxp + begin, len, g);
-          } else {
-            grad_run<false, acc_t>(dyp + begin, xp + begin, dxp + begin, len, g);
-          }
-        });
+      for_each_item(a.c.layout, [&](int64_t item, int64_t begin, int64_t len) {
+        const acc_t s = static_cast<acc_t>(ap[a.c.layout.param_of_item(item)]);
+        const auto g = [&]<typename P>(typename P::V d, typename P::V v) {
+          return math::levels_backward<P, S>(d, v, P::splat(s), grid);
+        };
+        if (alpha_grad) {
+          part[item] = grad_run<true, acc_t>(dyp + begin, xp + begin, dxp + begin, len, g);
+        } else {
+          grad_run<false, acc_t>(dyp + begin, xp + begin, dxp + begin, len, g);
+        }
       });
     });
   });

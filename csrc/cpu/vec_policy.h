@@ -36,7 +36,7 @@ struct VecPolicy {
   static Mask either(Mask a, Mask b) { return a | b; }
   static V select(Mask m, V a, V b) { return V::blendv(b, a, m); }
   static V abs(V v) { return v.abs(); }
-  static V floor_pow2(V v) { return v & V(c10::bit_cast<T>(math::exponent_mask<T>())); }
+  static V floor_pow2(V v) { return and_bits(v, V(c10::bit_cast<T>(math::exponent_mask<T>()))); }
   static V and_bits(V v, V mask) { return v & mask; }
   // Level of a in [0, 1] from the grid's buckets (float32 only): one gather
   // for the bucket's threshold, one for the level on its side. NaN takes

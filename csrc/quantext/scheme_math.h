@@ -51,11 +51,10 @@ struct Scalar {
   static QTX_HOST_DEVICE V lookup(const T* table, V index) { return table[static_cast<int>(index)]; }
   // v with its mantissa bits cleared: 2^floor(log2 v) for normal v >= 0.
   static QTX_HOST_DEVICE V floor_pow2(V v) {
-    U bits;
-    memcpy(&bits, &v, sizeof(T));
-    bits &= exponent_mask<T>();
-    memcpy(&v, &bits, sizeof(T));
-    return v;
+    const U bits = exponent_mask<T>();
+    V mask;
+    memcpy(&mask, &bits, sizeof(T));
+    return and_bits(v, mask);
   }
   // The bits of v and of mask, anded.
   static QTX_HOST_DEVICE V and_bits(V v, V mask) {

@@ -100,6 +100,15 @@ def test_ties_go_to_smaller_magnitude(device, scheme, bits):
     assert torch.equal(y, torch.cat([below, -below]))
 
 
+def neighbours(x, steps):
+    """x and its float neighbours up to `steps` ulps away on both sides."""
+    out, up, down = [x], x, x
+    for _ in range(steps):
+        up, down = torch.nextafter(up, up.new_tensor(math.inf)), torch.nextafter(down, down.new_tensor(-math.inf))
+        out += [up, down]
+    return torch.cat(out)
+
+
 @pytest.mark.parametrize("scheme", SCHEMES)
 @pytest.mark.parametrize("bits,signed", [(b, s) for b in range(1, 9) for s in (False, True) if not (s and b == 1)])
 def test_every_switch_point(scheme, bits, signed):
@@ -108,21 +117,11 @@ def test_every_switch_point(scheme, bits, signed):
     binary search) and through the scalar tail."""
     levels = ref.magnitude_tensor(scheme, ref.magnitude_bits(bits, signed)).float()
     mids = ((levels[1:].double() + levels[:-1].double()) / 2).float()
-    inf = torch.tensor(math.inf)
-    points = torch.cat([levels, mids, torch.nextafter(mids, inf), torch.nextafter(mids, -inf)])
+    points = torch.cat([levels, neighbours(mids, 1)])
     x = torch.cat([points, -points]) if signed else points
     x = torch.cat([x, x[:5]])  # an odd length leaves a scalar tail
     alpha = torch.tensor(1.0)
     assert_same(fake_quant_levels(x, alpha, scheme, bits, signed), ref.fake_quant(x, alpha, scheme, bits, signed))
-
-
-def neighbours(x, steps):
-    """x and its float neighbours up to `steps` ulps away on both sides."""
-    out, up, down = [x], x, x
-    for _ in range(steps):
-        up, down = torch.nextafter(up, up.new_tensor(math.inf)), torch.nextafter(down, down.new_tensor(-math.inf))
-        out += [up, down]
-    return torch.cat(out)
 
 
 @pytest.mark.parametrize("rounding", ["nearest", "log"])
