@@ -1,7 +1,9 @@
 """GPU kernel benchmark: every fake-quant kernel against the measured
 device-to-device copy (the bandwidth ceiling) and against ATen's ops on the
 same tensors. Timed with CUDA events (median of many runs), inputs rotated
-so that the L2 cache does not serve them.
+so that the L2 cache does not serve them. The kernel tables run with the
+value checks off; a last table shows what the checks' one host sync per
+forward costs.
 
     python benchmarks/gpu.py                 # on a CUDA machine
     python benchmarks/gpu.py --dry-run       # tiny sizes on the CPU: checks the script itself
@@ -139,6 +141,20 @@ def histogram_table(timer: Timer, device: str, ceiling: float, exponent: int) ->
     return markdown_table(["kernel", "elements", "µs", "GB/s", "of copy"], rows)
 
 
+def value_check_table(timer: Timer, device: str) -> str:
+    """Forward of a small tensor (launch-bound) with and without the value checks."""
+    x = torch.randn(CHANNELS, 256, device=device)
+    s, z = torch.tensor([0.02], device=device), torch.zeros(1, dtype=torch.int32, device=device)
+    rows = []
+    for checks in (True, False):
+        qx.set_value_checks(checks)
+        t = timer(lambda i: qx.fake_quant_uniform(x, s, z, -128, 127), sets=1)
+        rows.append([f"quantext, value checks {'on' if checks else 'off'}", t * 1e6])
+    rows.append(["ATen fake_quantize_per_tensor_affine", timer(
+        lambda i: torch.fake_quantize_per_tensor_affine(x, 0.02, 0, -128, 127), sets=1) * 1e6])
+    return markdown_table([f"uniform per-tensor forward, {x.numel()} elements", "µs per call"], rows)
+
+
 def run(quick: bool = False, device: str = "cuda", dry_run: bool = False) -> str:
     if dry_run:
         device, exponents, dtypes, repeats = "cpu", [16, 18], [torch.float32, torch.bfloat16], 3
@@ -147,9 +163,11 @@ def run(quick: bool = False, device: str = "cuda", dry_run: bool = False) -> str
         dtypes, repeats = [torch.float32, torch.float16, torch.bfloat16], 50
     timer = Timer(device, repeats)
     ceiling = copy_bandwidth(timer, 1 << (20 if dry_run else 28), device)
+    qx.set_value_checks(False)
     out = [f"GPU kernels ({machine()})", "", f"Device-to-device copy: {ceiling / 1e9:.0f} GB/s (read + write)", "",
            kernel_table(timer, exponents, dtypes, device, ceiling), "",
-           histogram_table(timer, device, ceiling, 18 if dry_run else 26)]
+           histogram_table(timer, device, ceiling, 18 if dry_run else 26), "", value_check_table(timer, device)]
+    qx.set_value_checks(True)
     return "\n".join(out) + "\n"
 
 

@@ -7,7 +7,11 @@ with gradients), quantext's achieved bandwidth on forward+backward (x in, y
 out, dy in, dx out), its ratio to the 4-bit uniform kernel with a learned scale
 (target <= 1.3) and the speed-up over the composition (target >= 10 at 1e6+).
 
-    python benchmarks/schemes.py [--quick] [--full]
+    python benchmarks/schemes.py [--quick] [--full] [--device cpu|cuda]
+
+On CUDA each call is timed with device events, with the value checks off
+(qx.set_value_checks(False)): they cost every op alike one host sync per
+forward, which benchmarks/gpu.py measures on its own.
 """
 
 from __future__ import annotations
@@ -46,7 +50,7 @@ def fwd_bwd(f, grad, inputs):
     return run
 
 
-def interleaved_medians(fns: dict, repeats: int, warmup: int = 2) -> dict:
+def interleaved_medians(fns: dict, repeats: int, device: str, warmup: int = 2) -> dict:
     """Median seconds of each function, timed in rounds that call every
     function once, so that load from other processes hits all alike and the
     ratios stay meaningful on a shared machine."""
@@ -55,6 +59,18 @@ def interleaved_medians(fns: dict, repeats: int, warmup: int = 2) -> dict:
             fn()
     times = {name: [] for name in fns}
     for _ in range(repeats):
+        if device == "cuda":
+            events = {}
+            for name, fn in fns.items():
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                fn()
+                end.record()
+                events[name] = (start, end)
+            torch.cuda.synchronize()
+            for name, (start, end) in events.items():
+                times[name].append(start.elapsed_time(end) / 1e3)
+            continue
         for name, fn in fns.items():
             t0 = time.perf_counter()
             fn()
@@ -62,23 +78,23 @@ def interleaved_medians(fns: dict, repeats: int, warmup: int = 2) -> dict:
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-def measure(n: int, repeats: int) -> list[list[object]]:
-    x = torch.randn(n) * 0.7
-    g = torch.randn(n)
+def measure(n: int, repeats: int, device: str) -> list[list[object]]:
+    x = torch.randn(n, device=device) * 0.7
+    g = torch.randn(n, device=device)
     xg = x.clone().requires_grad_()
-    scale = torch.tensor([0.15], requires_grad=True)
-    zero = torch.zeros(1, dtype=torch.int32)
-    alpha = torch.tensor(1.2, requires_grad=True)
+    scale = torch.tensor([0.15], device=device, requires_grad=True)
+    zero = torch.zeros(1, dtype=torch.int32, device=device)
+    alpha = torch.tensor(1.2, device=device, requires_grad=True)
     fns = {("uniform", 4, "fwd"): lambda: qx.fake_quant_uniform(x, scale.detach(), zero, -8, 7),
            ("uniform", 4, "fwd+bwd"): fwd_bwd(lambda: qx.fake_quant_uniform(xg, scale, zero, -8, 7), g, (xg, scale))}
     for scheme, bits in GRIDS:
         fns[(scheme, bits, "fwd")] = (lambda s=scheme, b=bits: fake_quant_levels(x, alpha.detach(), s, b, True))
         fns[(scheme, bits, "fwd+bwd")] = fwd_bwd(lambda s=scheme, b=bits: fake_quant_levels(xg, alpha, s, b, True),
                                                  g, (xg, alpha))
-    t = interleaved_medians(fns, repeats)
+    t = interleaved_medians(fns, repeats, device)
     # Timed apart: its N x levels temporaries would disturb the others.
     for scheme, bits in GRIDS:
-        levels = qx.levels(scheme, bits - 1, signed=False).float()
+        levels = qx.levels(scheme, bits - 1, signed=False).float().to(device)
         if n * len(levels) <= MAX_COMPOSITION_FLOATS:
             t[(scheme, bits, "composition")] = median_seconds(
                 fwd_bwd(lambda: apot_reference(xg, alpha, levels), g, (xg, alpha)), max(3, repeats // 3))
@@ -93,18 +109,20 @@ def measure(n: int, repeats: int) -> list[list[object]]:
     return rows
 
 
-def run(quick: bool = False, full: bool = False) -> str:
+def run(quick: bool = False, full: bool = False, device: str = "cpu") -> str:
     rows = []
+    qx.set_value_checks(device == "cpu")  # CPU values are checked regardless, at no sync
     for n in sizes(quick, full):
-        rows += measure(n, 21 if n <= 10**6 else 7)
+        rows += measure(n, 21 if n <= 10**6 else 7, device)
     table = markdown_table(["elements", "scheme", "bits (signed)", "fwd ms", "fwd+bwd ms", "fwd+bwd GB/s",
                             "fwd+bwd / uniform", "composition / quantext"], rows)
-    return f"PoT / APoT fake quant, CPU ({machine()})\n\n{table}\n"
+    return f"PoT / APoT fake quant, {device.upper()} ({machine()})\n\n{table}\n"
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="sizes up to 1e6")
     parser.add_argument("--full", action="store_true", help="sizes up to 1e8")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     args = parser.parse_args()
-    print(run(args.quick, args.full))
+    print(run(args.quick, args.full, args.device))

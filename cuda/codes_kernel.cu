@@ -1,8 +1,8 @@
 // CUDA kernels of the integer-code ops: elementwise grid-stride loops over the
 // same scheme-math formulas as fake quantization (codes decode to exactly its
 // outputs), level tables in shared memory.
+#include <ATen/DeviceGuard.h>
 #include <ATen/cuda/CUDAContext.h>
-#include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
 #include "launch.cuh"
@@ -62,7 +62,7 @@ void launch(Kernel kernel, int64_t numel, Args... args) {
 
 at::Tensor quantize_uniform_cuda(const at::Tensor& x, const at::Tensor& scale, const at::Tensor& zero_point,
                                  int64_t qmin, int64_t qmax, std::optional<int64_t> axis, int64_t group_size) {
-  c10::cuda::CUDAGuard guard(x.device());
+  const c10::OptionalDeviceGuard guard(at::device_of(x));
   const auto a = prepare_uniform("quantext.quantize_uniform", x, scale, zero_point, qmin, qmax, axis, group_size);
   at::Tensor codes = at::empty_like(a.c.x, a.c.x.options().dtype(uniform_code_dtype(qmin, qmax)));
   dispatch_types(x, a.scale, [&](auto x_tag, auto s_tag) {
@@ -80,7 +80,7 @@ at::Tensor quantize_uniform_cuda(const at::Tensor& x, const at::Tensor& scale, c
 
 at::Tensor dequantize_uniform_cuda(const at::Tensor& codes, const at::Tensor& scale, const at::Tensor& zero_point,
                                    std::optional<int64_t> axis, int64_t group_size) {
-  c10::cuda::CUDAGuard guard(codes.device());
+  const c10::OptionalDeviceGuard guard(at::device_of(codes));
   const char* op = "quantext.dequantize_uniform";
   const auto [lo, hi] = code_dtype_range(op, codes);
   const auto a = prepare_uniform(op, codes, scale, zero_point, lo, hi, axis, group_size, true);
@@ -97,7 +97,7 @@ at::Tensor dequantize_uniform_cuda(const at::Tensor& codes, const at::Tensor& sc
 
 at::Tensor quantize_levels_cuda(const at::Tensor& x, const at::Tensor& alpha, c10::string_view scheme, int64_t bits,
                                 bool is_signed, int64_t k, c10::string_view rounding, std::optional<int64_t> axis) {
-  c10::cuda::CUDAGuard guard(x.device());
+  const c10::OptionalDeviceGuard guard(at::device_of(x));
   const auto a = prepare_levels("quantext.quantize_levels", x, alpha, scheme, bits, is_signed, k, rounding, axis);
   at::Tensor codes = at::empty_like(a.c.x, a.c.x.options().dtype(level_code_dtype(a.spec)));
   dispatch_types(x, a.alpha, [&](auto x_tag, auto p_tag) {
@@ -118,7 +118,7 @@ at::Tensor quantize_levels_cuda(const at::Tensor& x, const at::Tensor& alpha, c1
 
 at::Tensor dequantize_levels_cuda(const at::Tensor& codes, const at::Tensor& alpha, c10::string_view scheme,
                                   int64_t bits, bool is_signed, int64_t k, std::optional<int64_t> axis) {
-  c10::cuda::CUDAGuard guard(codes.device());
+  const c10::OptionalDeviceGuard guard(at::device_of(codes));
   const char* op = "quantext.dequantize_levels";
   const auto a = prepare_levels(op, codes, alpha, scheme, bits, is_signed, k, "nearest", axis, true);
   check_level_codes(op, codes, a.spec);

@@ -3,9 +3,9 @@
 // to the int64 output with one global atomic per non-empty counter. Rows too
 // wide for shared memory count straight into global memory. The ranges are
 // read on the device: no host sync.
+#include <ATen/DeviceGuard.h>
 #include <ATen/Dispatch.h>
 #include <ATen/cuda/CUDAContext.h>
-#include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -58,7 +58,7 @@ __global__ void histogram_kernel(const scalar_t* __restrict__ x, int64_t rows, i
 }
 
 at::Tensor count(const HistogramArgs& a) {
-  c10::cuda::CUDAGuard guard(a.data.device());
+  const c10::OptionalDeviceGuard guard(at::device_of(a.data));
   at::Tensor out = a.zero_counts();
   if (a.n == 0 || a.rows == 0) return out;
   const auto* props = at::cuda::getCurrentDeviceProperties();
@@ -91,13 +91,13 @@ at::Tensor count(const HistogramArgs& a) {
 
 at::Tensor histogram_cuda(const at::Tensor& x, int64_t bins, const at::Tensor& lo, const at::Tensor& hi,
                           std::optional<int64_t> axis) {
-  c10::cuda::CUDAGuard guard(x.device());
+  const c10::OptionalDeviceGuard guard(at::device_of(x));
   return count(prepare_histogram("quantext.histogram", x, bins, lo, hi, axis));
 }
 
 at::Tensor magnitude_histogram_cuda(const at::Tensor& x, int64_t bins, const at::Tensor& amax,
                                     std::optional<int64_t> axis) {
-  c10::cuda::CUDAGuard guard(x.device());
+  const c10::OptionalDeviceGuard guard(at::device_of(x));
   return count(prepare_histogram("quantext.magnitude_histogram", x, bins, std::nullopt, amax, axis));
 }
 

@@ -2,8 +2,8 @@
 // runs the PoT closed form or the branch-free binary search of
 // quantext/scheme_math.h over the thresholds in shared memory. The backward writes dx and one alpha-gradient
 // partial per item (a block per item), reduced per parameter on the device.
+#include <ATen/DeviceGuard.h>
 #include <ATen/cuda/CUDAContext.h>
-#include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -62,7 +62,7 @@ __global__ void backward_kernel(const scalar_t* __restrict__ dy, const scalar_t*
 at::Tensor fake_quant_levels_cuda(const at::Tensor& x, const at::Tensor& alpha, c10::string_view scheme, int64_t bits,
                                   bool is_signed, int64_t k, c10::string_view rounding, std::optional<int64_t> axis,
                                   double /*grad_factor*/) {
-  c10::cuda::CUDAGuard guard(x.device());
+  const c10::OptionalDeviceGuard guard(at::device_of(x));
   const auto a = prepare_levels("quantext.fake_quant_levels", x, alpha, scheme, bits, is_signed, k, rounding, axis);
   at::Tensor y = a.c.empty_out();
   if (x.numel() == 0) return a.c.restore(y, x);
@@ -88,7 +88,7 @@ std::tuple<at::Tensor, at::Tensor> fake_quant_levels_backward_cuda(const at::Ten
                                                                    c10::string_view rounding,
                                                                    std::optional<int64_t> axis, double grad_factor,
                                                                    bool alpha_grad) {
-  c10::cuda::CUDAGuard guard(x.device());
+  const c10::OptionalDeviceGuard guard(at::device_of(x));
   const char* op = "quantext.fake_quant_levels_backward";
   const auto a = prepare_levels(op, x, alpha, scheme, bits, is_signed, k, rounding, axis);
   const at::Tensor dy = a.c.grad_in(op, grad, x);

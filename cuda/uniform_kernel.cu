@@ -1,8 +1,8 @@
 // CUDA kernels of the uniform fake-quant ops. The forward is one elementwise
 // pass; the backward writes dx and, for learned scale/offset, one partial sum
 // per item (a block per item), reduced per parameter on the device.
+#include <ATen/DeviceGuard.h>
 #include <ATen/cuda/CUDAContext.h>
-#include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -62,7 +62,7 @@ __global__ void backward_kernel(const scalar_t* __restrict__ dy, const scalar_t*
 at::Tensor fake_quant_uniform_cuda(const at::Tensor& x, const at::Tensor& scale, const at::Tensor& zero_point,
                                    int64_t qmin, int64_t qmax, std::optional<int64_t> axis, int64_t group_size,
                                    double /*grad_factor*/) {
-  c10::cuda::CUDAGuard guard(x.device());
+  const c10::OptionalDeviceGuard guard(at::device_of(x));
   const auto a = prepare_uniform("quantext.fake_quant_uniform", x, scale, zero_point, qmin, qmax, axis, group_size);
   at::Tensor y = a.c.empty_out();
   if (x.numel() == 0) return a.c.restore(y, x);
@@ -81,7 +81,7 @@ at::Tensor fake_quant_uniform_cuda(const at::Tensor& x, const at::Tensor& scale,
 std::tuple<at::Tensor, at::Tensor, at::Tensor> fake_quant_uniform_backward_cuda(
     const at::Tensor& grad, const at::Tensor& x, const at::Tensor& scale, const at::Tensor& zero_point, int64_t qmin,
     int64_t qmax, std::optional<int64_t> axis, int64_t group_size, double grad_factor, bool param_grads) {
-  c10::cuda::CUDAGuard guard(x.device());
+  const c10::OptionalDeviceGuard guard(at::device_of(x));
   const auto a =
       prepare_uniform("quantext.fake_quant_uniform_backward", x, scale, zero_point, qmin, qmax, axis, group_size);
   const at::Tensor dy = a.c.grad_in("quantext.fake_quant_uniform_backward", grad, x);

@@ -6,6 +6,7 @@
 
 #include <string>
 
+#include "ops/canonical.h"
 #include "quantext/quantext.h"
 
 namespace quantext {
@@ -47,6 +48,7 @@ class FakeQuantLevels : public torch::autograd::Function<FakeQuantLevels> {
     const auto& axis_value = d.at("axis");
     const std::optional<int64_t> axis = axis_value.isNone() ? std::nullopt : std::optional<int64_t>(axis_value.toInt());
     const bool want_alpha = ctx->needs_input_grad(1);
+    const SkipValueRecheck checked_by_forward;
     auto [dx, dalpha] = backward_op(grads[0], saved[0], saved[1], d.at("scheme").toStringRef(), d.at("bits").toInt(),
                                     d.at("signed").toBool(), d.at("k").toInt(), d.at("rounding").toStringRef(), axis,
                                     d.at("grad_factor").toDouble(), want_alpha);

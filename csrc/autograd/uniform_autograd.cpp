@@ -5,6 +5,8 @@
 #include <torch/autograd.h>
 #include <torch/library.h>
 
+#include "ops/canonical.h"
+
 namespace quantext {
 namespace {
 
@@ -52,6 +54,7 @@ class FakeQuantUniform : public torch::autograd::Function<FakeQuantUniform> {
     const bool want_zero = ctx->needs_input_grad(2) && at::isFloatingType(zero_point.scalar_type());
     const auto& axis_value = ctx->saved_data["axis"];
     const std::optional<int64_t> axis = axis_value.isNone() ? std::nullopt : std::optional<int64_t>(axis_value.toInt());
+    const SkipValueRecheck checked_by_forward;
     auto [dx, dscale, dzero] = backward_op(grads[0], x, scale, zero_point, ctx->saved_data["qmin"].toInt(),
                                            ctx->saved_data["qmax"].toInt(), axis, ctx->saved_data["group_size"].toInt(),
                                            ctx->saved_data["grad_factor"].toDouble(), want_scale || want_zero);

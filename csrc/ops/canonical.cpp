@@ -2,16 +2,13 @@
 
 #include <atomic>
 #include <cmath>
+#include <vector>
 
 namespace quantext {
 namespace {
 
 std::atomic<bool> g_value_checks{true};
-
-bool reads_values(const at::Tensor& t) {
-  // Values of a CPU tensor are always checked; device tensors cost a sync.
-  return t.device().is_cpu() || value_checks_enabled();
-}
+thread_local bool t_skip_device_checks = false;
 
 Canonical canonical_layout(const char* op, const at::Tensor& x, const at::Tensor& param, const char* param_name,
                            std::optional<int64_t> axis, int64_t group_size);
@@ -20,6 +17,14 @@ Canonical canonical_layout(const char* op, const at::Tensor& x, const at::Tensor
 
 bool value_checks_enabled() { return g_value_checks.load(std::memory_order_relaxed); }
 void set_value_checks(bool enabled) { g_value_checks.store(enabled, std::memory_order_relaxed); }
+
+bool reads_values(const at::Tensor& t) {
+  // Values of a CPU tensor are always checked; device tensors cost a sync.
+  return t.device().is_cpu() || (value_checks_enabled() && !t_skip_device_checks);
+}
+
+SkipValueRecheck::SkipValueRecheck() : previous_(t_skip_device_checks) { t_skip_device_checks = true; }
+SkipValueRecheck::~SkipValueRecheck() { t_skip_device_checks = previous_; }
 
 Canonical canonicalize(const char* op, const at::Tensor& x, const at::Tensor& param, const char* param_name,
                        std::optional<int64_t> axis, int64_t group_size) {
@@ -128,12 +133,37 @@ at::Tensor Canonical::reduce_items(const at::Tensor& partials, const at::Tensor&
   return shaped.to(param.scalar_type()).contiguous();
 }
 
-void check_positive_finite(const char* op, const at::Tensor& t, const char* name) {
-  if (!reads_values(t) || t.numel() == 0) return;
-  const at::Tensor bad = (t <= 0).logical_or_(t.isfinite().logical_not_());
-  if (!bad.any().item<bool>()) return;
-  const double value = t.reshape(-1).index({bad.reshape(-1)})[0].item<double>();
-  TORCH_CHECK_VALUE(false, op, ": ", name, " must be positive and finite, got ", value);
+ValueCheck positive_finite(const at::Tensor& t, const char* name) {
+  return value_check(
+      t, [name] { return std::string(name) + " must be positive and finite"; },
+      [](const at::Tensor& v) { return (v <= 0).logical_or_(v.isfinite().logical_not_()); });
+}
+
+ValueCheck zero_point_in_range(const at::Tensor& zero_point, int64_t qmin, int64_t qmax) {
+  return value_check(
+      zero_point, [=] { return c10::str("zero_point must lie in [qmin, qmax] = [", qmin, ", ", qmax, "]"); },
+      [&](const at::Tensor& v) {
+        const at::Tensor z = at::isFloatingType(v.scalar_type()) ? v.round() : v;
+        return (z < qmin).logical_or_(z > qmax).logical_or_(z.isnan());
+      });
+}
+
+void check_values(const char* op, std::initializer_list<ValueCheck> checks) {
+  std::vector<const ValueCheck*> read;
+  std::vector<at::Tensor> any;
+  for (const ValueCheck& c : checks) {
+    if (!c.bad.defined()) continue;
+    read.push_back(&c);
+    any.push_back(c.bad.any().reshape({1}));
+  }
+  if (read.empty()) return;
+  const at::Tensor flags = at::cat(any).cpu();  // the one sync
+  const bool* flag = flags.const_data_ptr<bool>();
+  for (size_t i = 0; i < read.size(); ++i) {
+    if (!flag[i]) continue;
+    const double value = read[i]->values.reshape(-1).index({read[i]->bad.reshape(-1)})[0].item<double>();
+    TORCH_CHECK_VALUE(false, op, ": ", read[i]->rule(), ", got ", value);
+  }
 }
 
 void check_int_range(const char* op, int64_t qmin, int64_t qmax) {
@@ -141,15 +171,6 @@ void check_int_range(const char* op, int64_t qmin, int64_t qmax) {
   // 16 bits is the widest supported grid; codes must stay exact in float32.
   TORCH_CHECK_VALUE(qmin >= -65536 && qmax <= 65535, op, ": the integer range [", qmin, ", ", qmax,
                     "] is wider than 16 bits");
-}
-
-void check_zero_point(const char* op, const at::Tensor& zero_point, int64_t qmin, int64_t qmax) {
-  if (!reads_values(zero_point) || zero_point.numel() == 0) return;
-  const at::Tensor z = at::isFloatingType(zero_point.scalar_type()) ? zero_point.round() : zero_point;
-  const at::Tensor bad = (z < qmin).logical_or_(z > qmax).logical_or_(z.isnan());
-  if (!bad.any().item<bool>()) return;
-  const double value = zero_point.reshape(-1).index({bad.reshape(-1)})[0].item<double>();
-  TORCH_CHECK_VALUE(false, op, ": zero_point must lie in [qmin, qmax] = [", qmin, ", ", qmax, "], got ", value);
 }
 
 void check_param_dtype(const char* op, const at::Tensor& x, const at::Tensor& t, const char* name) {

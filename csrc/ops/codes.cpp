@@ -29,14 +29,13 @@ std::pair<int64_t, int64_t> code_dtype_range(const char* op, const at::Tensor& c
 }
 
 void check_level_codes(const char* op, const at::Tensor& codes, const LevelSpec& spec) {
-  if (codes.numel() == 0 || (!codes.device().is_cpu() && !value_checks_enabled())) return;
   const int64_t top = (int64_t{1} << spec.magnitude_bits()) - 1;
   const int64_t lo = spec.is_signed ? -top : 0;
-  const at::Tensor bad = (codes < lo).logical_or_(codes > top);
-  if (!bad.any().item<bool>()) return;
-  const int64_t value = codes.reshape(-1).index({bad.reshape(-1)})[0].item<int64_t>();
-  TORCH_CHECK_VALUE(false, op, ": codes must lie in [", lo, ", ", top, "] for ", spec.bits, "-bit ",
-                    spec.is_signed ? "signed" : "unsigned", " levels, got ", value);
+  const auto rule = [&] {
+    return c10::str("codes must lie in [", lo, ", ", top, "] for ", spec.bits, "-bit ",
+                    spec.is_signed ? "signed" : "unsigned", " levels");
+  };
+  check_values(op, {value_check(codes, rule, [&](const at::Tensor& c) { return (c < lo).logical_or_(c > top); })});
 }
 
 at::Tensor quantize_uniform(const at::Tensor& x, const at::Tensor& scale, const at::Tensor& zero_point, int64_t qmin,

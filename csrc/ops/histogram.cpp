@@ -55,7 +55,7 @@ HistogramArgs prepare_histogram(const char* op, const at::Tensor& x, int64_t bin
   a.hi = range_param(op, x, hi, hi_name, a.rows, axis);
   a.lo = a.magnitude ? at::zeros_like(a.hi) : range_param(op, x, *lo, "lo", a.rows, axis);
   // One check covers every bad range: non-finite ends give a non-finite width.
-  check_positive_finite(op, a.magnitude ? a.hi : a.hi - a.lo, a.magnitude ? "amax" : "hi - lo");
+  check_values(op, {positive_finite(a.magnitude ? a.hi : a.hi - a.lo, a.magnitude ? "amax" : "hi - lo")});
   return a;
 }
 

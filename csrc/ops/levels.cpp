@@ -19,7 +19,7 @@ LevelArgs prepare_levels(const char* op, const at::Tensor& x, const at::Tensor& 
   check_same_device(op, x, alpha, "alpha");
   Canonical c =
       codes ? canonicalize_codes(op, x, alpha, "alpha", axis, 0) : canonicalize(op, x, alpha, "alpha", axis, 0);
-  check_positive_finite(op, alpha, "alpha");
+  check_values(op, {positive_finite(alpha, "alpha")});
   at::Tensor flat = canonical_params(c, alpha);
   return {std::move(c), std::move(flat), spec, magnitude_levels(op, spec)};
 }

@@ -51,8 +51,9 @@ def uniform_bounds(bits: int, signed: bool, narrow_range: bool = False) -> tuple
 def set_value_checks(enabled: bool) -> None:
     """Turn the value checks of device-resident scales/zero points on or off.
 
-    Checking that a CUDA scale is positive and finite reads it back to the host
-    (a sync per call). CPU tensors are always checked.
+    Checking that a CUDA scale is positive and finite (and the zero point in
+    range) reads flags back to the host: one sync per forward call; the
+    autograd backward does not check again. CPU tensors are always checked.
     """
     _C.set_value_checks(bool(enabled))
 

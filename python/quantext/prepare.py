@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import itertools
 import operator
 import warnings
 from typing import Any, Callable, Iterable
@@ -275,6 +276,9 @@ def _quantize_adds(gm: fx.GraphModule, spec: QuantSpec, shapes_known: bool) -> N
     (of two traced values when shapes are unknown). Adds inside skipped modules
     are not traced, so they are not seen here."""
     per_scope: dict[str, int] = {}
+    devices = {t.device for t in itertools.chain(gm.parameters(), gm.buffers())}
+    # On the model's device when it has one; a model spread over devices gets them on the CPU, to be moved.
+    device = devices.pop() if len(devices) == 1 else torch.device("cpu")
     for node in list(gm.graph.nodes):
         if not _is_add(node) or len(node.args) < 2:
             continue
@@ -287,7 +291,7 @@ def _quantize_adds(gm: fx.GraphModule, spec: QuantSpec, shapes_known: bool) -> N
         quantized = []
         for i, arg in enumerate(inputs):
             name = f"{base}_input{i}_quantizer"
-            gm.add_submodule(name, Quantizer(spec))
+            gm.add_submodule(name, Quantizer(spec).to(device))
             with gm.graph.inserting_before(node):
                 quantized.append(gm.graph.call_module(name, (arg,)))
         node.args = tuple(quantized) + tuple(node.args[2:])

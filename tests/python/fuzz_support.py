@@ -24,7 +24,8 @@ def fuzz_settings(max_examples: int) -> settings:
     """Reproducible (derandomized, no example database) hypothesis settings."""
     return settings(max_examples=max(1, int(max_examples * _SCALE)), derandomize=True, deadline=None,
                     database=None, print_blob=True,
-                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
+                                           HealthCheck.function_scoped_fixture])
 
 
 @st.composite
@@ -66,7 +67,7 @@ def in_layout(values: torch.Tensor, layout: tuple[str, int]) -> torch.Tensor:
         # Every other element of a buffer twice as long along `dim`, offset by one.
         big_shape = list(values.shape)
         big_shape[dim] = 2 * big_shape[dim] + 1
-        big = torch.full(big_shape, float("nan"), dtype=values.dtype)
+        big = torch.full(big_shape, float("nan"), dtype=values.dtype, device=values.device)
         view = big.narrow(dim, 1, 2 * values.shape[dim]).unflatten(dim, (values.shape[dim], 2)).select(dim + 1, 0)
         view.copy_(values)
         return view
@@ -104,7 +105,9 @@ _INT_VIEW = {torch.float16: torch.int16, torch.bfloat16: torch.int16, torch.floa
 
 
 def assert_bitwise_equal(got: torch.Tensor, want: torch.Tensor, what: str) -> None:
-    """Same dtype, shape and bits (any NaN equals any NaN; -0.0 differs from 0.0; integers exactly)."""
+    """Same dtype, shape and bits (any NaN equals any NaN; -0.0 differs from 0.0; integers exactly),
+    ``got`` on any device."""
+    got = got.to(want.device)
     assert got.dtype == want.dtype, f"{what}: dtype {got.dtype}, expected {want.dtype}"
     assert got.shape == want.shape, f"{what}: shape {tuple(got.shape)}, expected {tuple(want.shape)}"
     g, w = got.contiguous(), want.contiguous()
@@ -122,7 +125,8 @@ def assert_bitwise_equal(got: torch.Tensor, want: torch.Tensor, what: str) -> No
 
 
 def assert_close_sum(got: torch.Tensor, want: torch.Tensor, tol: torch.Tensor, what: str) -> None:
-    """``|got - want| <= tol`` elementwise (all float64-comparable, same shape)."""
+    """``|got - want| <= tol`` elementwise (all float64-comparable, same shape), ``got`` on any device."""
+    got = got.to(want.device)
     assert got.shape == want.shape, f"{what}: shape {tuple(got.shape)}, expected {tuple(want.shape)}"
     err = (got.double() - want.double()).abs()
     bad = ~(err <= tol)  # NaN anywhere is a failure

@@ -413,6 +413,22 @@ def test_cuda_device_mismatch(moved, match):
         fq(**args)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("call,match", [
+    (lambda: fql(alpha=torch.tensor(1.0, device="cuda")), "alpha is on cuda:0 but the input is on cpu"),
+    (lambda: fql(x=x2d().cuda()), "alpha is on cpu but the input is on cuda:0"),
+    (lambda: ops.quantize_levels(x2d(), torch.tensor(1.0, device="cuda"), "apot", 4, True, 2, "nearest", None),
+     "alpha is on cuda:0 but the input is on cpu"),
+    (lambda: ops.quantize_uniform(x2d(), s1(device="cuda"), z1(), 0, 15, None, 0),
+     "scale is on cuda:0 but the input is on cpu"),
+    (lambda: fq_backward(torch.ones(4, 3, device="cuda")), "grad is on cuda:0 but the input is on cpu"),
+    (lambda: qx.histogram(x2d(), 8, torch.tensor(-1.0, device="cuda"), torch.tensor(1.0)), "is on cuda:0"),
+])
+def test_cuda_device_mismatch_other_ops(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()
+
+
 def test_untraceable_model_falls_back_with_a_warning():
     with pytest.warns(UserWarning, match="torch.fx could not trace Untraceable .*falling back to module swapping"):
         model = qx.prepare_qat(Untraceable(), QConfig())

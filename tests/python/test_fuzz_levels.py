@@ -117,8 +117,8 @@ def compute_type(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def build(case: Case):
-    """Input, alpha and incoming gradient of a case."""
+def build(case: Case, device: str):
+    """Input, alpha and incoming gradient of a case, on ``device``."""
     gen = torch.Generator().manual_seed(case.seed)
     pshape = case.gran.param_shape(case.shape)
     lo, hi = _log2_alpha_range(case.dtype)
@@ -138,7 +138,7 @@ def build(case: Case):
     x = v * case.gran.expand(alpha.double(), case.shape)
     x = sprinkle_specials(x, gen, case.special_fraction).to(case.dtype)
     dy = torch.randn(case.shape, generator=gen, dtype=torch.float64).to(case.dtype)
-    return in_layout(x, case.layout), alpha, dy
+    return in_layout(x.to(device), case.layout), alpha.to(device), dy.to(device)
 
 
 @dataclass
@@ -162,23 +162,25 @@ def reference(case: Case, x: torch.Tensor, alpha: torch.Tensor) -> Reference:
     return Reference(v, c, index, torch.where(c < 0, 0.0 - level, level), a)
 
 
-def check_case(case: Case) -> None:
-    x, alpha, dy = build(case)
+def check_case(case: Case, device: str) -> None:
+    x, alpha, dy = build(case, device)
     note(f"x: shape {tuple(x.shape)} strides {x.stride()} dtype {x.dtype}; alpha {alpha.dtype} "
          f"[{alpha.min().item() if alpha.numel() else None}, {alpha.max().item() if alpha.numel() else None}]")
     args = (case.scheme, case.bits, case.signed, case.k, case.rounding, case.gran.axis)
     x_leaf = x.detach().requires_grad_(True)
     a_leaf = alpha.clone().requires_grad_(case.learn_alpha)
     y = qx.functional.fake_quant_levels(x_leaf, a_leaf, *args, grad_factor=case.grad_factor)
-    ref = reference(case, x, alpha)
+    # The reference runs on the CPU.
+    x_ref, alpha_ref, dy_ref = x.cpu(), alpha.cpu(), dy.cpu()
+    ref = reference(case, x_ref, alpha_ref)
     in_range = ~ref.v.isnan()  # the clip leaves only NaN outside [lo, 1]
     assert_bitwise_equal(y.detach(), torch.where(in_range, ref.level * ref.alpha, ref.v).to(case.dtype), "forward")
 
     y.backward(dy)
     inside = (ref.v >= case.lo) & (ref.v <= 1)
-    assert_bitwise_equal(x_leaf.grad, torch.where(inside, dy, torch.zeros_like(dy)), "dx")
+    assert_bitwise_equal(x_leaf.grad, torch.where(inside, dy_ref, torch.zeros_like(dy_ref)), "dx")
     if case.learn_alpha:
-        v64, dy64 = ref.v.double(), dy.double()
+        v64, dy64 = ref.v.double(), dy_ref.double()
         clipped = torch.where(v64 < case.lo, case.lo, torch.where(v64 > 1, 1.0, 0.0))
         terms = dy64 * torch.where(inside, ref.level.double() - v64, clipped)
         eps = torch.finfo(ref.v.dtype).eps
@@ -198,17 +200,17 @@ def check_case(case: Case) -> None:
     values = ops.dequantize_levels(codes, alpha, case.scheme, case.bits, case.signed, case.k, case.gran.axis)
     levels = grid(case.scheme, case.bits, case.signed, case.k, case.rounding, case.alpha_dtype)[0]
     magnitude = levels[want.long().abs()]
-    expected = torch.where(want < 0, 0.0 - magnitude, magnitude) * case.gran.expand(alpha, case.shape)
+    expected = torch.where(want < 0, 0.0 - magnitude, magnitude) * case.gran.expand(alpha_ref, case.shape)
     assert_bitwise_equal(values, expected, "dequantize_levels")
 
 
 @fuzz_settings(1500)
 @given(case=cases(shapes(max_numel=1024)))
-def test_fuzz_small(case):
-    check_case(case)
+def test_fuzz_small(case, device):
+    check_case(case, device)
 
 
 @fuzz_settings(8)
 @given(case=cases(large_shapes(120_000, (1, 3, 16))))
-def test_fuzz_large(case):
-    check_case(case)
+def test_fuzz_large(case, device):
+    check_case(case, device)

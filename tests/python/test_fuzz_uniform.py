@@ -79,8 +79,8 @@ def cases(draw, shape_strategy) -> Case:
         grad_factor=draw(st.sampled_from([1.0, 0.25, 1e-3])), seed=draw(st.integers(0, 2**31 - 1)))
 
 
-def build(case: Case):
-    """Input, scale, zero point and incoming gradient of a case."""
+def build(case: Case, device: str):
+    """Input, scale, zero point and incoming gradient of a case, on ``device``."""
     gen = torch.Generator().manual_seed(case.seed)
     pshape = case.gran.param_shape(case.shape)
     lo, hi = _log2_scale_range(case.dtype, case.qmin, case.qmax)
@@ -104,7 +104,7 @@ def build(case: Case):
     x = t * case.gran.expand(scale.double(), case.shape)
     x = sprinkle_specials(x, gen, case.special_fraction).to(case.dtype)
     dy = torch.randn(case.shape, generator=gen, dtype=torch.float64).to(case.dtype)
-    return in_layout(x, case.layout), scale, zero, dy
+    return in_layout(x.to(device), case.layout), scale.to(device), zero.to(device), dy.to(device)
 
 
 def compute_type(dtype: torch.dtype) -> torch.dtype:
@@ -152,8 +152,8 @@ def reference_param_grads(case: Case, x, dy, q, s, z):
     return results
 
 
-def check_case(case: Case) -> None:
-    x, scale, zero, dy = build(case)
+def check_case(case: Case, device: str) -> None:
+    x, scale, zero, dy = build(case, device)
     note(f"x: shape {tuple(x.shape)} strides {x.stride()} dtype {x.dtype}; scale {scale.dtype} "
          f"[{scale.min().item() if scale.numel() else None}, {scale.max().item() if scale.numel() else None}]; "
          f"zero_point {zero.dtype}")
@@ -162,14 +162,16 @@ def check_case(case: Case) -> None:
     z_leaf = zero.clone().requires_grad_(case.learn_zero)
     y = qx.fake_quant_uniform(x_leaf, s_leaf, z_leaf, case.qmin, case.qmax, case.gran.axis, case.gran.group,
                               case.grad_factor)
-    q, s, z = reference_codes(case, x, scale, zero)
+    # The reference runs on the CPU.
+    x_ref, scale_ref, zero_ref, dy_ref = x.cpu(), scale.cpu(), zero.cpu(), dy.cpu()
+    q, s, z = reference_codes(case, x_ref, scale_ref, zero_ref)
     assert_bitwise_equal(y.detach(), reference_forward(case, q, s, z), "forward")
     if x.numel() and is_dense(x):
         assert y.stride() == x.stride(), f"output strides {y.stride()} differ from the input's {x.stride()}"
     y.backward(dy)
     inside = (q >= case.qmin) & (q <= case.qmax)
-    assert_bitwise_equal(x_leaf.grad, torch.where(inside, dy, torch.zeros_like(dy)), "dx")
-    (dscale, dscale_tol), (dzero, dzero_tol) = reference_param_grads(case, x, dy, q, s, z)
+    assert_bitwise_equal(x_leaf.grad, torch.where(inside, dy_ref, torch.zeros_like(dy_ref)), "dx")
+    (dscale, dscale_tol), (dzero, dzero_tol) = reference_param_grads(case, x_ref, dy_ref, q, s, z)
     if case.learn_scale:
         assert_close_sum(s_leaf.grad, dscale, dscale_tol, "dscale")
     if case.learn_zero:
@@ -186,9 +188,10 @@ def check_codes(case: Case, x, scale, zero, q, z) -> None:
     assert_bitwise_equal(codes, torch.where(q.isnan(), z, q.clamp(case.qmin, case.qmax)).to(code_dtype),
                          "quantize_uniform")
     values = ops.dequantize_uniform(codes, scale, zero, axis, group)
+    scale, zero = scale.cpu(), zero.cpu()
     s = case.gran.expand(scale, case.shape)
     zs = torch.round(case.gran.expand(zero, case.shape).to(scale.dtype))
-    assert_bitwise_equal(values, (codes.to(scale.dtype) - zs) * s, "dequantize_uniform")
+    assert_bitwise_equal(values, (codes.cpu().to(scale.dtype) - zs) * s, "dequantize_uniform")
 
 
 _CODE_DTYPES = ((torch.int8, -128, 127), (torch.uint8, 0, 255), (torch.int16, -32768, 32767),
@@ -197,12 +200,12 @@ _CODE_DTYPES = ((torch.int8, -128, 127), (torch.uint8, 0, 255), (torch.int16, -3
 
 @fuzz_settings(2500)
 @given(case=cases(shapes(max_numel=2048)))
-def test_fuzz_small(case):
-    check_case(case)
+def test_fuzz_small(case, device):
+    check_case(case, device)
 
 
 @fuzz_settings(12)
 @given(case=cases(large_shapes(200_000, (1, 3, 16, 17))))
-def test_fuzz_large(case):
+def test_fuzz_large(case, device):
     """Tensors spanning many per-tensor chunks and threads."""
-    check_case(case)
+    check_case(case, device)

@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from hypothesis import given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 import quantext as qx
 from quantext.functional import fake_quant_uniform, lsq_grad_factor
@@ -19,7 +19,7 @@ def sample(shape, seed, dtype=torch.float32, spread=2.0):
 
 
 def grads(y, inputs, seed):
-    dy = sample(y.shape, seed + 100, y.dtype)
+    dy = sample(y.shape, seed + 100, y.dtype).to(y.device)
     return torch.autograd.grad(y, inputs, dy)
 
 
@@ -45,34 +45,39 @@ def assert_matches_aten(y, y_ref, inputs, seed):
     torch.testing.assert_close(dz, dz_ref, rtol=1e-4, atol=1e-4)
 
 
-@settings(derandomize=True, max_examples=25, deadline=None)
+# The `device` fixture is a plain string: no state for hypothesis to reset between examples.
+HYPOTHESIS = settings(derandomize=True, max_examples=25, deadline=None,
+                      suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+@HYPOTHESIS
 @given(bounds=st.sampled_from(BOUNDS), shape=st.lists(st.integers(1, 40), min_size=1, max_size=3),
        seed=st.integers(0, 2 ** 16), factor=st.sampled_from([1.0, 0.3]))
-def test_per_tensor_matches_aten(bounds, shape, seed, factor):
+def test_per_tensor_matches_aten(bounds, shape, seed, factor, device):
     qmin, qmax = bounds
-    x = sample(shape, seed).requires_grad_()
+    x = sample(shape, seed).to(device).requires_grad_()
     g = torch.Generator().manual_seed(seed)
-    s = (torch.rand(1, generator=g) * 0.3 + 0.01).requires_grad_()
-    z = aten_zero_points(1, qmax, g).requires_grad_()
+    s = (torch.rand(1, generator=g) * 0.3 + 0.01).to(device).requires_grad_()
+    z = aten_zero_points(1, qmax, g).to(device).requires_grad_()
     y = fake_quant_uniform(x, s, z, qmin, qmax, grad_factor=factor)
     y_ref = torch._fake_quantize_learnable_per_tensor_affine(x, s, z, qmin, qmax, factor)
     assert_matches_aten(y, y_ref, (x, s, z), seed)
 
 
-@settings(derandomize=True, max_examples=25, deadline=None)
+@HYPOTHESIS
 @given(bounds=st.sampled_from(BOUNDS), shape=st.lists(st.integers(1, 12), min_size=2, max_size=4),
        seed=st.integers(0, 2 ** 16), factor=st.sampled_from([1.0, 0.05]), channels_last=st.booleans())
-def test_per_channel_matches_aten(bounds, shape, seed, factor, channels_last):
+def test_per_channel_matches_aten(bounds, shape, seed, factor, channels_last, device):
     qmin, qmax = bounds
-    x = sample(shape, seed)
+    x = sample(shape, seed).to(device)
     if channels_last and x.dim() == 4:
         x = x.contiguous(memory_format=torch.channels_last)
     x.requires_grad_()
     axis = seed % x.dim()
     g = torch.Generator().manual_seed(seed)
     c = x.shape[axis]
-    s = (torch.rand(c, generator=g) * 0.3 + 0.01).requires_grad_()
-    z = aten_zero_points(c, qmax, g).requires_grad_()
+    s = (torch.rand(c, generator=g) * 0.3 + 0.01).to(device).requires_grad_()
+    z = aten_zero_points(c, qmax, g).to(device).requires_grad_()
     y = fake_quant_uniform(x, s, z, qmin, qmax, axis, grad_factor=factor)
     y_ref = torch._fake_quantize_learnable_per_channel_affine(x, s, z, axis, qmin, qmax, factor)
     assert_matches_aten(y, y_ref, (x, s, z), seed)
@@ -97,14 +102,14 @@ def group_view(p, group_size):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("bounds", [(-8, 7), (0, 255)])
-def test_per_group_formulas(dtype, bounds):
+def test_per_group_formulas(dtype, bounds, device):
     qmin, qmax = bounds
-    x = sample((3, 5, 12), 1, dtype).requires_grad_()
+    x = sample((3, 5, 12), 1, dtype).to(device).requires_grad_()
     g = torch.Generator().manual_seed(2)
-    s = (torch.rand(3, 5, 3, generator=g, dtype=torch.float64) * 0.2 + 0.02).to(dtype).requires_grad_()
-    z = torch.randint(qmin, qmax + 1, (3, 5, 3), generator=g).to(dtype).requires_grad_()
+    s = (torch.rand(3, 5, 3, generator=g, dtype=torch.float64) * 0.2 + 0.02).to(dtype).to(device).requires_grad_()
+    z = torch.randint(qmin, qmax + 1, (3, 5, 3), generator=g).to(dtype).to(device).requires_grad_()
     y = fake_quant_uniform(x, s, z, qmin, qmax, -1, 4, grad_factor=0.5)
-    dy = sample(y.shape, 3, dtype)
+    dy = sample(y.shape, 3, dtype).to(device)
     dx, ds, dz = torch.autograd.grad(y, (x, s, z), dy)
     with torch.no_grad():
         dx_ref, ds_el, dz_el = lsq_reference(dy.double(), x.double(), group_view(s.double(), 4),
@@ -116,7 +121,7 @@ def test_per_group_formulas(dtype, bounds):
 
 
 @pytest.mark.parametrize("axis,group_size", [(None, 0), (1, 0), (1, 2), (-1, 3)])
-def test_gradcheck_float64(axis, group_size):
+def test_gradcheck_float64(axis, group_size, device):
     # Inside the range the STE is not the derivative of a step function; in the
     # clipped region it is for the scale (y = (bound - round(z)) * s):
     # gradcheck the scale gradient and its reductions there, in float64. (The
@@ -134,6 +139,7 @@ def test_gradcheck_float64(axis, group_size):
         pshape[axis] //= group_size
     s = (torch.rand(pshape, generator=g, dtype=torch.float64) * 0.05 + 0.1).requires_grad_()
     z = torch.full(pshape, 1.0, dtype=torch.float64)
+    x, s, z = (t.detach().to(device).requires_grad_(t.requires_grad) for t in (x, s, z))
     torch.autograd.gradcheck(lambda x, s: fake_quant_uniform(x, s, z, -8, 7, axis, group_size), (x, s))
 
 

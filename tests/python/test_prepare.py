@@ -2,6 +2,8 @@
 swaps, add quantizers, first/last layers, skip, the module-walk fallback; and
 calibrate."""
 
+import itertools
+
 import pytest
 import torch
 import torchvision
@@ -159,6 +161,29 @@ def test_untraceable_model_falls_back_to_module_swapping():
     x = torch.randn(2, 3, 8, 8)
     with torch.no_grad():
         torch.testing.assert_close(qx.disable_quant(p).eval()(x), model(x), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("weight_scheme", ["uniform", "apot"])
+def test_model_moved_before_prepare_keeps_its_device(device, weight_scheme):
+    # Users often move the model first: every quantizer must follow it, adds included.
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=10).to(device)
+    x = torch.randn(2, 3, 32, 32, device=device)
+    spec = QuantSpec(scheme=weight_scheme, bits=4, granularity="channel", learnable=True)
+    p = qx.prepare_qat(model, QConfig(weight=spec, activation=QuantSpec(bits=4, learnable=True)), example_inputs=(x,))
+    qx.calibrate(p, [x], progress=False)
+    for name, t in itertools.chain(p.named_parameters(), p.named_buffers()):
+        assert t.device == x.device, f"{name} is on {t.device}"
+    p(x).sum().backward()
+    assert all(q.grad is not None and q.grad.device == x.device for n, q in p.named_parameters() if "quantizer" in n)
+
+
+def test_quantizers_and_bn_state_follow_the_model_device():
+    # On the meta device: every tensor prepare_qat creates must be on the model's device.
+    model = torchvision.models.resnet18(num_classes=10).to("meta")
+    p = qx.prepare_qat(model, qconfig(4), example_inputs=(torch.empty(2, 3, 32, 32, device="meta"),))
+    elsewhere = [n for n, t in itertools.chain(p.named_parameters(), p.named_buffers()) if not t.is_meta]
+    assert not elsewhere and count(p, Quantizer) > 40
 
 
 def test_uncalibrated_model_names_the_quantizer(resnet):

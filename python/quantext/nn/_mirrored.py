@@ -11,8 +11,9 @@ class MirroredStateMixin:
     """Mixin for ``nn.Module`` subclasses (list it before the module class)
     with mirrored scalar buffers: flags and counters."""
 
-    def _register_mirrored(self, name: str, value: int, dtype: torch.dtype = torch.uint8) -> None:
-        self.register_buffer(name, torch.tensor(int(value), dtype=dtype))
+    def _register_mirrored(self, name: str, value: int, dtype: torch.dtype = torch.uint8,
+                           device: torch.device | str | None = None) -> None:
+        self.register_buffer(name, torch.tensor(int(value), dtype=dtype, device=device))
         if "_mirrored" not in self.__dict__:
             self._mirrored: dict[str, int] = {}
         self._mirrored[name] = int(value)

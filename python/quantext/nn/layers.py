@@ -55,9 +55,10 @@ def attach_quantizers(module: nn.Module, qconfig: QConfig, weight_shape: Sequenc
     if not isinstance(qconfig, QConfig):
         raise TypeError(f"qconfig must be a quantext.QConfig, got {type(qconfig).__name__}")
     module.qconfig = qconfig
+    device = module.weight.device  # a model moved to its device before prepare_qat keeps its quantizers there
     module.weight_quantizer = None if qconfig.weight is None else \
-        Quantizer(qconfig.weight, weight_shape, role="weight")
-    module.input_quantizer = None if qconfig.activation is None else Quantizer(qconfig.activation)
+        Quantizer(qconfig.weight, weight_shape, role="weight").to(device)
+    module.input_quantizer = None if qconfig.activation is None else Quantizer(qconfig.activation).to(device)
 
 
 class QuantConv2d(nn.Conv2d):
