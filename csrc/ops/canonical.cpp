@@ -161,7 +161,8 @@ void check_values(const char* op, std::initializer_list<ValueCheck> checks) {
   const bool* flag = flags.const_data_ptr<bool>();
   for (size_t i = 0; i < read.size(); ++i) {
     if (!flag[i]) continue;
-    const double value = read[i]->values.reshape(-1).index({read[i]->bad.reshape(-1)})[0].item<double>();
+    // A Scalar prints in the tensor's own kind: integer codes stay exact.
+    const c10::Scalar value = read[i]->values.reshape(-1).index({read[i]->bad.reshape(-1)})[0].item();
     TORCH_CHECK_VALUE(false, op, ": ", read[i]->rule(), ", got ", value);
   }
 }

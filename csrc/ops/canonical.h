@@ -57,9 +57,6 @@ struct ValueCheck {
 };
 ValueCheck positive_finite(const at::Tensor& t, const char* name);
 ValueCheck zero_point_in_range(const at::Tensor& zero_point, int64_t qmin, int64_t qmax);
-// Only when the values are read at all: `bad_of` builds the mask.
-template <typename BadOf>
-ValueCheck value_check(const at::Tensor& t, std::function<std::string()> rule, BadOf bad_of);
 // Raises a ValueError naming the first broken rule and an offending value.
 void check_values(const char* op, std::initializer_list<ValueCheck> checks);
 
@@ -79,6 +76,7 @@ class SkipValueRecheck {
 
 bool reads_values(const at::Tensor& t);
 
+// Only when the values are read at all: `bad_of` builds the mask.
 template <typename BadOf>
 ValueCheck value_check(const at::Tensor& t, std::function<std::string()> rule, BadOf bad_of) {
   if (!reads_values(t) || t.numel() == 0) return {t, {}, {}};

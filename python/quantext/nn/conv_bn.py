@@ -83,7 +83,7 @@ class QuantConvBn2d(MirroredStateMixin, nn.Conv2d):
         self.bn_stats = bn_stats
         self.freeze_bn_after = freeze_bn_after
         self._register_mirrored("bn_frozen", int(freeze_bn_after == 0), device=device)
-        self._register_mirrored("qat_steps", 0, torch.int64, device)  # training steps with batch statistics
+        self._register_mirrored("qat_steps", 0, torch.int64, device=device)  # training steps with batch statistics
 
     @classmethod
     def from_float(cls, module: nn.Sequential, qconfig: QConfig, *, freeze_bn_after: int | None = None,
