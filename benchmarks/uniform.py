@@ -2,7 +2,9 @@
 
 Prints, per size: quantext time, ATen time, the ratio ATen/quantext (> 1 means
 quantext is faster) and quantext's achieved bandwidth (the bytes that must
-move: x in + y out forward; plus dy in + dx out backward).
+move: x in + y out forward; plus dy in + dx out backward). The smallest size
+(128 elements) measures the per-call overhead: argument and value checks,
+dispatch, autograd.
 
     python benchmarks/uniform.py [--quick] [--full]
 """
@@ -21,6 +23,7 @@ from common import machine, markdown_table, median_seconds, sizes  # noqa: E402
 import quantext as qx  # noqa: E402
 
 CHANNELS = 64
+OVERHEAD_SIZE = 128  # elements: the call costs more than the arithmetic
 
 
 def cases(n: int, device: str):
@@ -57,7 +60,7 @@ def cases(n: int, device: str):
 
 def run(quick: bool = False, full: bool = False, device: str = "cpu") -> str:
     rows = []
-    for n in sizes(quick, full):
+    for n in [OVERHEAD_SIZE] + sizes(quick, full):
         n -= n % CHANNELS
         for name, ours, aten, nbytes in cases(n, device):
             repeats = 30 if n <= 10**6 else 7

@@ -95,7 +95,7 @@ std::tuple<at::Tensor, at::Tensor> fake_quant_levels_backward_cuda(const at::Ten
   at::Tensor dx = a.c.empty_out();
   const int64_t items = a.c.layout.num_items();
   const auto acc_dtype = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  at::Tensor partials = at::zeros({alpha_grad ? items : 0}, x.options().dtype(acc_dtype));
+  at::Tensor partials = at::zeros({alpha_grad ? 1 : 0, items}, x.options().dtype(acc_dtype));
   if (items > 0) {
     dispatch_types(x, a.alpha, [&](auto x_tag, auto p_tag) {
       using scalar_t = decltype(x_tag);
@@ -120,7 +120,7 @@ std::tuple<at::Tensor, at::Tensor> fake_quant_levels_backward_cuda(const at::Ten
       });
     });
   }
-  at::Tensor dalpha = alpha_grad ? a.c.reduce_items(partials * grad_factor, alpha) : at::zeros_like(alpha);
+  at::Tensor dalpha = alpha_grad ? a.c.reduce_items(partials, grad_factor, alpha)[0] : at::zeros_like(alpha);
   return {a.c.restore(dx, x), dalpha};
 }
 

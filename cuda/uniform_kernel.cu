@@ -109,9 +109,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fake_quant_uniform_backward_cuda(
       }
     });
   }
-  at::Tensor dscale = param_grads ? a.c.reduce_items(partials[0] * grad_factor, scale) : at::zeros_like(scale);
-  at::Tensor dzero = param_grads ? a.c.reduce_items(partials[1] * grad_factor, scale) : at::zeros_like(scale);
-  return {a.c.restore(dx, x), dscale, dzero};
+  if (!param_grads) return {a.c.restore(dx, x), at::zeros_like(scale), at::zeros_like(scale)};
+  const auto grads = a.c.reduce_items(partials, grad_factor, scale);
+  return {a.c.restore(dx, x), grads[0], grads[1]};
 }
 
 }  // namespace

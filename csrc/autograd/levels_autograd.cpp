@@ -6,7 +6,7 @@
 
 #include <string>
 
-#include "ops/canonical.h"
+#include "ops/value_checks.h"
 #include "quantext/quantext.h"
 
 namespace quantext {

@@ -5,7 +5,7 @@
 #include <torch/autograd.h>
 #include <torch/library.h>
 
-#include "ops/canonical.h"
+#include "ops/value_checks.h"
 
 namespace quantext {
 namespace {

@@ -5,6 +5,9 @@
 // RunLayout.
 #include <torch/library.h>
 
+#include <map>
+#include <memory>
+#include <mutex>
 #include <tuple>
 
 #include "cpu/level_buckets.h"
@@ -17,6 +20,20 @@
 namespace quantext {
 namespace cpu {
 namespace {
+
+// The CpuLevelTable of a grid, built on first use and kept for the process
+// (there are a few hundred grids at most): building the bucket index of an
+// 8-bit grid takes longer than searching 1e4 elements with it.
+template <typename T>
+const CpuLevelTable<T>& cpu_level_table(const LevelArgs& a) {
+  using Key = std::tuple<LevelScheme, int64_t, bool, int64_t, LevelRounding>;
+  static std::mutex mutex;
+  static std::map<Key, std::unique_ptr<const CpuLevelTable<T>>> tables;
+  const std::lock_guard<std::mutex> lock(mutex);
+  auto& table = tables[Key{a.spec.scheme, a.spec.bits, a.spec.is_signed, a.spec.k, a.spec.rounding}];
+  if (!table) table = std::make_unique<const CpuLevelTable<T>>(make_level_table<T>(a));
+  return *table;
+}
 
 // Calls f(search, grid): the search picked for the table once per call, on its
 // ScaledTable where one alpha serves the tensor and the search has one, else
@@ -37,7 +54,7 @@ at::Tensor fake_quant_levels_cpu(const at::Tensor& x, const at::Tensor& alpha, c
     using scalar_t = decltype(x_tag);
     using param_t = decltype(p_tag);
     using acc_t = acc_type<scalar_t>;
-    const CpuLevelTable<acc_t> levels(make_level_table<acc_t>(a));
+    const CpuLevelTable<acc_t>& levels = cpu_level_table<acc_t>(a);
     const scalar_t* xp = a.c.x.const_data_ptr<scalar_t>();
     scalar_t* yp = y.mutable_data_ptr<scalar_t>();
     const param_t* ap = a.alpha.const_data_ptr<param_t>();
@@ -63,12 +80,12 @@ std::tuple<at::Tensor, at::Tensor> fake_quant_levels_backward_cpu(const at::Tens
   const auto a = prepare_levels(op, x, alpha, scheme, bits, is_signed, k, rounding, axis);
   const at::Tensor dy = a.c.grad_in(op, grad, x);
   at::Tensor dx = a.c.empty_out();
-  at::Tensor partials = at::zeros({alpha_grad ? a.c.layout.num_items() : 0}, x.options().dtype(at::kDouble));
+  at::Tensor partials = at::zeros({alpha_grad ? 1 : 0, a.c.layout.num_items()}, x.options().dtype(at::kDouble));
   dispatch_types(x, a.alpha, [&](auto x_tag, auto p_tag) {
     using scalar_t = decltype(x_tag);
     using param_t = decltype(p_tag);
     using acc_t = acc_type<scalar_t>;
-    const CpuLevelTable<acc_t> levels(make_level_table<acc_t>(a));
+    const CpuLevelTable<acc_t>& levels = cpu_level_table<acc_t>(a);
     const scalar_t* xp = a.c.x.const_data_ptr<scalar_t>();
     const scalar_t* dyp = dy.const_data_ptr<scalar_t>();
     scalar_t* dxp = dx.mutable_data_ptr<scalar_t>();
@@ -89,7 +106,7 @@ std::tuple<at::Tensor, at::Tensor> fake_quant_levels_backward_cpu(const at::Tens
       });
     });
   });
-  at::Tensor dalpha = alpha_grad ? a.c.reduce_items(partials * grad_factor, alpha) : at::zeros_like(alpha);
+  at::Tensor dalpha = alpha_grad ? a.c.reduce_items(partials, grad_factor, alpha)[0] : at::zeros_like(alpha);
   return {a.c.restore(dx, x), dalpha};
 }
 

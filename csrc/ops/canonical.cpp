@@ -1,30 +1,15 @@
 #include "ops/canonical.h"
 
-#include <atomic>
-#include <cmath>
+#include <algorithm>
 #include <vector>
 
 namespace quantext {
 namespace {
 
-std::atomic<bool> g_value_checks{true};
-thread_local bool t_skip_device_checks = false;
-
 Canonical canonical_layout(const char* op, const at::Tensor& x, const at::Tensor& param, const char* param_name,
                            std::optional<int64_t> axis, int64_t group_size);
 
 }  // namespace
-
-bool value_checks_enabled() { return g_value_checks.load(std::memory_order_relaxed); }
-void set_value_checks(bool enabled) { g_value_checks.store(enabled, std::memory_order_relaxed); }
-
-bool reads_values(const at::Tensor& t) {
-  // Values of a CPU tensor are always checked; device tensors cost a sync.
-  return t.device().is_cpu() || (value_checks_enabled() && !t_skip_device_checks);
-}
-
-SkipValueRecheck::SkipValueRecheck() : previous_(t_skip_device_checks) { t_skip_device_checks = true; }
-SkipValueRecheck::~SkipValueRecheck() { t_skip_device_checks = previous_; }
 
 Canonical canonicalize(const char* op, const at::Tensor& x, const at::Tensor& param, const char* param_name,
                        std::optional<int64_t> axis, int64_t group_size) {
@@ -113,58 +98,38 @@ at::Tensor Canonical::restore(const at::Tensor& canonical_out, const at::Tensor&
   return out.copy_(back);
 }
 
-at::Tensor Canonical::reduce_items(const at::Tensor& partials, const at::Tensor& param) const {
+std::vector<at::Tensor> Canonical::reduce_items(const at::Tensor& partials, double factor,
+                                                const at::Tensor& param) const {
+  const int64_t rows = partials.size(0);
+  std::vector<at::Tensor> out;
   // An axis of size 0 has no parameters (and its layout is per tensor): nothing to reduce.
-  if (param.numel() == 0) return at::zeros_like(param, at::MemoryFormat::Contiguous);
+  if (param.numel() == 0) {
+    for (int64_t r = 0; r < rows; ++r) out.push_back(at::zeros_like(param, at::MemoryFormat::Contiguous));
+    return out;
+  }
+  const at::Tensor scaled = partials * factor;
   at::Tensor flat;
   switch (layout.kind) {
     case Granularity::Tensor:
-      flat = partials.sum();
+      flat = scaled.sum(1);
       break;
     case Granularity::Channel:
-      flat = partials.view({-1, layout.channels}).sum(0);
+      flat = scaled.view({rows, -1, layout.channels}).sum(1);
       break;
     case Granularity::Group:
-      flat = partials;
+      flat = scaled;
       break;
   }
-  const at::Tensor shaped =
-      grouped ? flat.view(param.movedim(*axis, -1).sizes()).movedim(-1, *axis) : flat.view(param.sizes());
-  return shaped.to(param.scalar_type()).contiguous();
-}
-
-ValueCheck positive_finite(const at::Tensor& t, const char* name) {
-  return value_check(
-      t, [name] { return std::string(name) + " must be positive and finite"; },
-      [](const at::Tensor& v) { return (v <= 0).logical_or_(v.isfinite().logical_not_()); });
-}
-
-ValueCheck zero_point_in_range(const at::Tensor& zero_point, int64_t qmin, int64_t qmax) {
-  return value_check(
-      zero_point, [=] { return c10::str("zero_point must lie in [qmin, qmax] = [", qmin, ", ", qmax, "]"); },
-      [&](const at::Tensor& v) {
-        const at::Tensor z = at::isFloatingType(v.scalar_type()) ? v.round() : v;
-        return (z < qmin).logical_or_(z > qmax).logical_or_(z.isnan());
-      });
-}
-
-void check_values(const char* op, std::initializer_list<ValueCheck> checks) {
-  std::vector<const ValueCheck*> read;
-  std::vector<at::Tensor> any;
-  for (const ValueCheck& c : checks) {
-    if (!c.bad.defined()) continue;
-    read.push_back(&c);
-    any.push_back(c.bad.any().reshape({1}));
+  std::vector<int64_t> shape{rows};
+  const at::Tensor moved = grouped ? param.movedim(*axis, -1) : param;
+  shape.insert(shape.end(), moved.sizes().begin(), moved.sizes().end());
+  const at::Tensor shaped = grouped ? flat.view(shape).movedim(-1, *axis + 1) : flat.view(shape);
+  // A tensor of its own per row: the op's outputs must not alias each other.
+  for (int64_t r = 0; r < rows; ++r) {
+    out.push_back(
+        shaped[r].to(param.scalar_type(), /*non_blocking=*/false, /*copy=*/true, at::MemoryFormat::Contiguous));
   }
-  if (read.empty()) return;
-  const at::Tensor flags = at::cat(any).cpu();  // the one sync
-  const bool* flag = flags.const_data_ptr<bool>();
-  for (size_t i = 0; i < read.size(); ++i) {
-    if (!flag[i]) continue;
-    // A Scalar prints in the tensor's own kind: integer codes stay exact.
-    const c10::Scalar value = read[i]->values.reshape(-1).index({read[i]->bad.reshape(-1)})[0].item();
-    TORCH_CHECK_VALUE(false, op, ": ", read[i]->rule(), ", got ", value);
-  }
+  return out;
 }
 
 void check_int_range(const char* op, int64_t qmin, int64_t qmax) {

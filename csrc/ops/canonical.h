@@ -5,10 +5,8 @@
 
 #include <ATen/ATen.h>
 
-#include <functional>
-#include <initializer_list>
 #include <optional>
-#include <string>
+#include <vector>
 
 #include "quantext/layout.h"
 #include "quantext/quantext.h"
@@ -31,9 +29,10 @@ struct Canonical {
   // Returns a canonical-layout result (of any dtype) in the layout of
   // at::empty_like(input).
   at::Tensor restore(const at::Tensor& canonical_out, const at::Tensor& input) const;
-  // Per-item partial sums -> one value per parameter, in the shape and dtype
-  // of `param` (device ops only, no host sync).
-  at::Tensor reduce_items(const at::Tensor& partials, const at::Tensor& param) const;
+  // Per-item partial sums [rows, items], times `factor` -> per row, one value
+  // per parameter, in the shape and dtype of `param` (device ops only, no
+  // host sync; the rows are reduced together to keep kernel launches few).
+  std::vector<at::Tensor> reduce_items(const at::Tensor& partials, double factor, const at::Tensor& param) const;
 };
 
 // Validates x (floating dtype) and the granularity arguments, and lays it out.
@@ -46,42 +45,6 @@ Canonical canonicalize_codes(const char* op, const at::Tensor& codes, const at::
 
 // Flattens a parameter tensor into the kernels' parameter order.
 at::Tensor canonical_params(const Canonical& c, const at::Tensor& param);
-
-// Value checks read the tensors' values: on a device that costs a host sync,
-// one per op call for all its checks, and none when disabled with
-// quantext::set_value_checks(false) or inside a SkipValueRecheck scope.
-struct ValueCheck {
-  at::Tensor values;
-  at::Tensor bad;                     // elementwise mask of the values that break the rule; undefined: not checked
-  std::function<std::string()> rule;  // what the values must be, formatted only for an error
-};
-ValueCheck positive_finite(const at::Tensor& t, const char* name);
-ValueCheck zero_point_in_range(const at::Tensor& zero_point, int64_t qmin, int64_t qmax);
-// Raises a ValueError naming the first broken rule and an offending value.
-void check_values(const char* op, std::initializer_list<ValueCheck> checks);
-
-// Skips the device value checks on this thread while alive. An autograd
-// backward passes the very tensors its forward checked, and autograd's version
-// counters reject any in-place change to them in between.
-class SkipValueRecheck {
- public:
-  SkipValueRecheck();
-  ~SkipValueRecheck();
-  SkipValueRecheck(const SkipValueRecheck&) = delete;
-  SkipValueRecheck& operator=(const SkipValueRecheck&) = delete;
-
- private:
-  bool previous_;
-};
-
-bool reads_values(const at::Tensor& t);
-
-// Only when the values are read at all: `bad_of` builds the mask.
-template <typename BadOf>
-ValueCheck value_check(const at::Tensor& t, std::function<std::string()> rule, BadOf bad_of) {
-  if (!reads_values(t) || t.numel() == 0) return {t, {}, {}};
-  return {t, bad_of(t), std::move(rule)};
-}
 
 void check_int_range(const char* op, int64_t qmin, int64_t qmax);
 void check_param_dtype(const char* op, const at::Tensor& x, const at::Tensor& t, const char* name);

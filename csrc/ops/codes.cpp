@@ -7,6 +7,7 @@
 #include <torch/library.h>
 
 #include "ops/canonical.h"
+#include "ops/value_checks.h"
 #include "quantext/quantext.h"
 
 namespace quantext {
@@ -35,7 +36,7 @@ void check_level_codes(const char* op, const at::Tensor& codes, const LevelSpec&
     return c10::str("codes must lie in [", lo, ", ", top, "] for ", spec.bits, "-bit ",
                     spec.is_signed ? "signed" : "unsigned", " levels");
   };
-  check_values(op, {value_check(codes, rule, [&](const at::Tensor& c) { return (c < lo).logical_or_(c > top); })});
+  check_values(op, {integers_in_range(codes, lo, top, rule)});
 }
 
 at::Tensor quantize_uniform(const at::Tensor& x, const at::Tensor& scale, const at::Tensor& zero_point, int64_t qmin,

@@ -4,6 +4,7 @@
 #include <torch/library.h>
 
 #include "ops/canonical.h"
+#include "ops/value_checks.h"
 
 namespace quantext {
 namespace {

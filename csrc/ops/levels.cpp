@@ -7,6 +7,7 @@
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
 
+#include "ops/value_checks.h"
 #include "quantext/quantext.h"
 
 namespace quantext {
@@ -21,7 +22,7 @@ LevelArgs prepare_levels(const char* op, const at::Tensor& x, const at::Tensor& 
       codes ? canonicalize_codes(op, x, alpha, "alpha", axis, 0) : canonicalize(op, x, alpha, "alpha", axis, 0);
   check_values(op, {positive_finite(alpha, "alpha")});
   at::Tensor flat = canonical_params(c, alpha);
-  return {std::move(c), std::move(flat), spec, magnitude_levels(op, spec)};
+  return {std::move(c), std::move(flat), spec, op};
 }
 
 namespace {

@@ -8,6 +8,7 @@
 #include <limits>
 #include <optional>
 #include <type_traits>
+#include <vector>
 
 #include "ops/canonical.h"
 #include "quantext/levels.h"
@@ -19,7 +20,7 @@ struct LevelArgs {
   Canonical c;
   at::Tensor alpha;  // flattened in parameter order, float32 or float64
   LevelSpec spec;
-  std::vector<double> levels;  // magnitudes, see magnitude_levels
+  const char* op;  // for errors
 };
 
 // Checks the scheme arguments, alpha (dtype, device, shape, values) and lays
@@ -74,9 +75,10 @@ math::LevelTable<T> make_level_table(const LevelArgs& a) {
   math::LevelTable<T> t{};
   t.steps = static_cast<int>(a.spec.magnitude_bits());
   t.lo = a.spec.is_signed ? T(-1) : T(0);
-  for (size_t i = 0; i < a.levels.size(); ++i) t.levels[i] = static_cast<T>(a.levels[i]);
-  for (size_t i = 0; i + 1 < a.levels.size(); ++i) {
-    t.thresholds[i] = a.spec.rounding == LevelRounding::Log ? round_down<T>(a.levels[i + 1] * M_SQRT1_2)
+  const std::vector<double> levels = magnitude_levels(a.op, a.spec);
+  for (size_t i = 0; i < levels.size(); ++i) t.levels[i] = static_cast<T>(levels[i]);
+  for (size_t i = 0; i + 1 < levels.size(); ++i) {
+    t.thresholds[i] = a.spec.rounding == LevelRounding::Log ? round_down<T>(levels[i + 1] * M_SQRT1_2)
                                                             : midpoint_down(t.levels[i], t.levels[i + 1]);
   }
   t.pot_factor = pot_factor(a.spec, t);

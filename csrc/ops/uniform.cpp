@@ -6,6 +6,7 @@
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
 
+#include "ops/value_checks.h"
 #include "quantext/quantext.h"
 
 namespace quantext {

@@ -52,8 +52,9 @@ def set_value_checks(enabled: bool) -> None:
     """Turn the value checks of device-resident scales/zero points on or off.
 
     Checking that a CUDA scale is positive and finite (and the zero point in
-    range) reads flags back to the host: one sync per forward call; the
-    autograd backward does not check again. CPU tensors are always checked.
+    range) reads each parameter's smallest and largest value back to the host,
+    all in one copy: one sync per forward call; the autograd backward does not
+    check again. CPU tensors are always checked (in place, no sync).
     """
     _C.set_value_checks(bool(enabled))
 

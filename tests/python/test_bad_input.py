@@ -447,3 +447,39 @@ def test_nothing_to_quantize_warns():
 def test_a_single_skip_name_is_one_name():
     model = qx.prepare_qat(Net(), QConfig(), example_inputs=(torch.randn(INPUT),), skip="head")
     assert type(model.head) is nn.Linear
+
+
+@pytest.mark.parametrize("n", [3, 5000], ids=["scanned", "reduced"])
+def test_value_checks_scan_and_reduction_agree(n):
+    """Small CPU tensors are scanned in place, large ones reduced to their extremes: the rules and
+    the reported value (the smallest if it breaks the rule, else the largest) are the same."""
+    codes = torch.zeros(n, dtype=torch.int64)
+    codes[n - 1], codes[1] = 9, -8
+    decode = lambda: ops.dequantize_levels(codes, torch.tensor(1.0), "apot", 4, True, 2, None)  # noqa: E731
+    with pytest.raises(ValueError, match=r"codes must lie in \[-7, 7\] for 4-bit signed levels, got -8$"):
+        decode()
+    codes[1] = 0
+    with pytest.raises(ValueError, match=r"got 9$"):
+        decode()
+    codes[n - 1] = 2**40 + 1
+    with pytest.raises(ValueError, match=f"got {2**40 + 1}$"):
+        decode()
+    codes[n - 1] = 7
+    assert decode().shape == (n,)
+
+    x = torch.randn(2, n)
+    zero = torch.zeros(n, dtype=torch.int32)
+    for bad, shown in ((0.0, "0"), (NAN, "nan"), (-INF, "-inf"), (INF, "inf")):
+        scale = torch.full((2 * n,), 0.1)[::2]  # strided
+        scale[n - 1] = bad
+        with pytest.raises(ValueError, match=f"scale must be positive and finite, got {shown}$"):
+            qx.fake_quant_uniform(x, scale, zero, 0, 15, axis=1)
+    scale = torch.full((n,), 0.1)
+    # Floating zero points are rounded half to even first: 15.5 -> 16.
+    assert qx.fake_quant_uniform(x, scale, torch.full((n,), 14.5), 0, 15, axis=1).shape == x.shape
+    with pytest.raises(ValueError, match=r"zero_point must lie in \[qmin, qmax\] = \[0, 15\], got 15.5$"):
+        qx.fake_quant_uniform(x, scale, torch.full((n,), 15.5), 0, 15, axis=1)
+    alpha = torch.full((n,), 2.0, dtype=torch.float64)
+    alpha[0] = -1e-300
+    with pytest.raises(ValueError, match="alpha must be positive and finite, got -1e-300$"):
+        qx.functional.fake_quant_levels(x.double(), alpha, "apot", 4, axis=1)
