@@ -66,7 +66,7 @@ def run(quick: bool = False, full: bool = False, device: str = "cpu") -> str:
             repeats = 30 if n <= 10**6 else 7
             t_ours = median_seconds(ours, repeats=repeats)
             t_aten = median_seconds(aten, repeats=repeats)
-            rows.append([name, f"{n:.0e}", t_ours * 1e6, t_aten * 1e6, t_aten / t_ours, nbytes / t_ours / 1e9])
+            rows.append([name, f"{n:.0e}" if n >= 1000 else str(n), t_ours * 1e6, t_aten * 1e6, t_aten / t_ours, nbytes / t_ours / 1e9])
     table = markdown_table(["op", "elements", "quantext µs", "ATen µs", "ATen/quantext", "quantext GB/s"], rows)
     return f"Uniform fake quant ({device}; {machine()})\n\n{table}\n"
 
