@@ -110,7 +110,7 @@ void check_values(const char* op, std::initializer_list<ValueCheck> checks) {
     reduced.push_back(i);
   }
   if (!reduced.empty()) {
-    const at::Tensor host = at::cat(pieces).cpu();  // on a device: the one sync
+    const at::Tensor host = (pieces.size() == 1 ? pieces[0] : at::cat(pieces)).cpu();  // on a device: the one sync
     const auto* bytes = host.const_data_ptr<uint8_t>();
     for (size_t r = 0; r < reduced.size(); ++r) {
       const at::ScalarType type = checks.begin()[reduced[r]].values.scalar_type();
