@@ -18,10 +18,15 @@ Canonical canonicalize(const char* op, const at::Tensor& x, const at::Tensor& pa
   return canonical_layout(op, x, param, param_name, axis, group_size);
 }
 
+void check_code_dtype(const char* op, const at::Tensor& codes) {
+  const at::ScalarType t = codes.scalar_type();
+  const bool ok = t == at::kByte || t == at::kChar || t == at::kShort || t == at::kInt || t == at::kLong;
+  TORCH_CHECK_TYPE(ok, op, ": codes must be an integer tensor (uint8, int8, int16, int32 or int64), got dtype ", t);
+}
+
 Canonical canonicalize_codes(const char* op, const at::Tensor& codes, const at::Tensor& param, const char* param_name,
                              std::optional<int64_t> axis, int64_t group_size) {
-  TORCH_CHECK_TYPE(at::isIntegralType(codes.scalar_type(), /*includeBool=*/false), op,
-                   ": codes must be an integer tensor, got dtype ", codes.scalar_type());
+  check_code_dtype(op, codes);
   return canonical_layout(op, codes, param, param_name, axis, group_size);
 }
 

@@ -39,7 +39,9 @@ struct Canonical {
 // `params` is the per-channel/per-group parameter tensor whose shape is checked.
 Canonical canonicalize(const char* op, const at::Tensor& x, const at::Tensor& param, const char* param_name,
                        std::optional<int64_t> axis, int64_t group_size);
-// The same for a tensor of integer codes.
+// Integer code tensors are uint8, int8, int16, int32 or int64 (TypeError otherwise).
+void check_code_dtype(const char* op, const at::Tensor& codes);
+// The same as canonicalize for a tensor of integer codes.
 Canonical canonicalize_codes(const char* op, const at::Tensor& codes, const at::Tensor& param, const char* param_name,
                              std::optional<int64_t> axis, int64_t group_size);
 

@@ -20,8 +20,7 @@ at::ScalarType uniform_code_dtype(int64_t qmin, int64_t qmax) {
 }
 
 std::pair<int64_t, int64_t> code_dtype_range(const char* op, const at::Tensor& codes) {
-  TORCH_CHECK_TYPE(at::isIntegralType(codes.scalar_type(), /*includeBool=*/false), op,
-                   ": codes must be an integer tensor, got dtype ", codes.scalar_type());
+  check_code_dtype(op, codes);
   std::pair<int64_t, int64_t> range;
   AT_DISPATCH_INTEGRAL_TYPES(codes.scalar_type(), "quantext_code_range", [&] {
     range = {std::numeric_limits<scalar_t>::lowest(), std::numeric_limits<scalar_t>::max()};
