@@ -1,7 +1,7 @@
 // A bucket index over a level grid's thresholds for the CPU's SIMD level
-// lookup: two gathers per vector whatever the number of levels, where the
-// linear scan costs one compare and blend per threshold. It gives the level,
-// not its index (the integer-code kernels search).
+// lookup: one or two gathers per vector whatever the number of levels, where
+// the linear scan costs one compare and blend per threshold. It gives the
+// level, not its index (the integer-code kernels search).
 //
 // The bits of a non-negative float grow with its value, so their top bits
 // (exponent and the first m mantissa bits) cut [0, 1] into buckets of equal
@@ -15,6 +15,7 @@
 #include <ATen/cpu/vec/vec.h>
 #include <c10/util/bit_cast.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <type_traits>
 #include <vector>
@@ -24,6 +25,11 @@
 namespace quantext {
 namespace math {
 
+//
+// Each bucket is also cut into up to 8 fine buckets. Most of them hold no
+// threshold, so one level serves all their values: `fine` holds it, or -1
+// where the fine bucket holds its bucket's threshold. A vector whose lanes all
+// fall into such pure fine buckets needs one gather instead of two.
 template <typename T>
 struct LevelBuckets {
   int shift;           // bucket key = float bits >> shift
@@ -31,6 +37,9 @@ struct LevelBuckets {
   int32_t count;
   std::vector<T> threshold;  // per bucket: its threshold, or 2 (above every a in [0, 1])
   std::vector<T> level;      // per bucket b: [2b] the level at or below its threshold, [2b + 1] above
+  int fine_shift;            // fine bucket = clamp((bits >> fine_shift) - fine_offset, 0, fine.size() - 1)
+  int32_t fine_offset;
+  std::vector<T> fine;  // per fine bucket: its level, or -1
 };
 
 }  // namespace math
@@ -42,6 +51,8 @@ namespace cpu {
 // buckets (110 KiB of tables), unsigned 8-bit grids more, which fall back to
 // the binary search.
 constexpr int kMinBucketSteps = 5;
+// Fine buckets per bucket: 2^kFineBits (8-bit signed APoT: 44536 floats, 174 KiB).
+constexpr int kFineBits = 3;
 constexpr int32_t kMaxBuckets = 8192;
 
 // The buckets of a float32 grid, or false when the grid is small, has a
@@ -79,6 +90,21 @@ inline bool build_level_buckets(const math::LevelTable<float>& t, math::LevelBuc
       out.level[2 * b] = t.levels[below];
       out.level[2 * b + 1] = t.levels[above];
       below = above;
+    }
+    // Fine bucket f spans the floats with fine key f + fine_offset (f = 0 also
+    // everything below, down to 0): pure when its bucket's threshold lies at
+    // or above its largest float, or below its smallest.
+    const int fine_bits = std::min(kFineBits, shift);
+    out.fine_shift = shift - fine_bits;
+    out.fine_offset = out.key_offset * (1 << fine_bits);
+    out.fine.assign(static_cast<size_t>(count) << fine_bits, -1.0f);
+    for (int32_t f = 0; f < static_cast<int32_t>(out.fine.size()); ++f) {
+      const int32_t b = f >> fine_bits;
+      const uint32_t key = static_cast<uint32_t>(f + out.fine_offset);
+      const float lo = f == 0 ? 0.0f : c10::bit_cast<float>(key << out.fine_shift);
+      const float hi = c10::bit_cast<float>(((key + 1) << out.fine_shift) - 1);
+      if (out.threshold[b] >= hi) out.fine[f] = out.level[2 * b];
+      if (out.threshold[b] < lo) out.fine[f] = out.level[2 * b + 1];
     }
     return true;
   }

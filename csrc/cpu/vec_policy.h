@@ -39,11 +39,17 @@ struct VecPolicy {
   static V floor_pow2(V v) { return and_bits(v, V(c10::bit_cast<T>(math::exponent_mask<T>()))); }
   static V and_bits(V v, V mask) { return v & mask; }
   // Level of a in [0, 1] from the grid's buckets (float32 only): one gather
-  // for the bucket's threshold, one for the level on its side. NaN takes
+  // from the fine buckets, and where a lane's fine bucket is not pure, one for
+  // the bucket's threshold and one for the level on its side. NaN takes
   // bucket 0 and fails the comparison: level 0.
   static V bucket_level(V a, const math::LevelBuckets<T>& b) {
     using I = at::vec::Vectorized<int32_t>;
-    const I key = at::vec::cast<int32_t>(select(not_nan(a), a, V(0))) >> I(b.shift);
+    const I bits = at::vec::cast<int32_t>(select(not_nan(a), a, V(0)));
+    const I fine_key = (bits >> I(b.fine_shift)) - I(b.fine_offset);
+    const V pure = at::vec::gather<sizeof(T)>(
+        b.fine.data(), at::vec::clamp(fine_key, I(0), I(static_cast<int32_t>(b.fine.size()) - 1)));
+    if (lt(pure, V(0)).zero_mask() == (1 << V::size()) - 1) return pure;  // no lane holds a -1
+    const I key = bits >> I(b.shift);
     const I bucket = at::vec::clamp(key - I(b.key_offset), I(0), I(b.count - 1));
     const V above = lt(at::vec::gather<sizeof(T)>(b.threshold.data(), bucket), a);
     const I pick = bucket + bucket - at::vec::cast<int32_t>(above);  // all-ones lanes are -1

@@ -124,6 +124,22 @@ def test_every_switch_point(scheme, bits, signed):
     assert_same(fake_quant_levels(x, alpha, scheme, bits, signed), ref.fake_quant(x, alpha, scheme, bits, signed))
 
 
+@pytest.mark.parametrize("scheme", SCHEMES)
+@pytest.mark.parametrize("bits,signed", [(b, s) for b in range(6, 9) for s in (False, True)])
+def test_bucket_edges(scheme, bits, signed):
+    """Every float32 in [2^-20, 1] whose bits are a multiple of 2^9, and the one
+    below it: on both sides of every edge of the CPU bucket index's buckets and
+    fine buckets (a bucket spans a power of two of at least 2^12 in the bits,
+    a fine bucket an eighth of it), where a fine bucket's one stored level must
+    equal the search."""
+    lo, hi = (torch.tensor(v).view(torch.int32).item() for v in (2.0 ** -20, 1.0))
+    on = torch.arange(lo, hi + 1, 2 ** 9, dtype=torch.int32)
+    edges = torch.cat([on, on - 1]).view(torch.float32)
+    x = torch.cat([edges, -edges]) if signed else edges
+    alpha = torch.tensor(1.0)
+    assert_same(fake_quant_levels(x, alpha, scheme, bits, signed), ref.fake_quant(x, alpha, scheme, bits, signed))
+
+
 @pytest.mark.parametrize("rounding", ["nearest", "log"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("alpha", [0.37, 3e-5, 6e4, 2 ** -140, 1e30])
