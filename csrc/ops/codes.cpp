@@ -28,14 +28,13 @@ std::pair<int64_t, int64_t> code_dtype_range(const char* op, const at::Tensor& c
   return range;
 }
 
-void check_level_codes(const char* op, const at::Tensor& codes, const LevelSpec& spec) {
+ValueCheck level_codes_in_range(const at::Tensor& codes, const LevelSpec& spec) {
   const int64_t top = (int64_t{1} << spec.magnitude_bits()) - 1;
   const int64_t lo = spec.is_signed ? -top : 0;
-  const auto rule = [&] {
+  return integers_in_range(codes, lo, top, [=] {
     return c10::str("codes must lie in [", lo, ", ", top, "] for ", spec.bits, "-bit ",
                     spec.is_signed ? "signed" : "unsigned", " levels");
-  };
-  check_values(op, {integers_in_range(codes, lo, top, rule)});
+  });
 }
 
 at::Tensor quantize_uniform(const at::Tensor& x, const at::Tensor& scale, const at::Tensor& zero_point, int64_t qmin,

@@ -6,6 +6,7 @@
 
 #include <utility>
 
+#include "ops/value_checks.h"
 #include "quantext/levels.h"
 
 namespace quantext {
@@ -20,6 +21,6 @@ inline at::ScalarType level_code_dtype(const LevelSpec& spec) { return spec.is_s
 std::pair<int64_t, int64_t> code_dtype_range(const char* op, const at::Tensor& codes);
 
 // Level codes must lie in [-(2^B - 1), 2^B - 1] (signed) or [0, 2^B - 1].
-void check_level_codes(const char* op, const at::Tensor& codes, const LevelSpec& spec);
+ValueCheck level_codes_in_range(const at::Tensor& codes, const LevelSpec& spec);
 
 }  // namespace quantext

@@ -7,6 +7,7 @@
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
 
+#include "ops/codes.h"
 #include "ops/value_checks.h"
 #include "quantext/quantext.h"
 
@@ -20,7 +21,8 @@ LevelArgs prepare_levels(const char* op, const at::Tensor& x, const at::Tensor& 
   check_same_device(op, x, alpha, "alpha");
   Canonical c =
       codes ? canonicalize_codes(op, x, alpha, "alpha", axis, 0) : canonicalize(op, x, alpha, "alpha", axis, 0);
-  check_values(op, {positive_finite(alpha, "alpha")});
+  // Codes are checked with alpha: one host sync on a device.
+  check_values(op, {positive_finite(alpha, "alpha"), codes ? level_codes_in_range(x, spec) : ValueCheck{}});
   at::Tensor flat = canonical_params(c, alpha);
   return {std::move(c), std::move(flat), spec, op};
 }

@@ -24,7 +24,7 @@ struct LevelArgs {
 };
 
 // Checks the scheme arguments, alpha (dtype, device, shape, values) and lays
-// out x, or with `codes` an integer code tensor.
+// out x, or with `codes` an integer code tensor (whose values it checks too).
 LevelArgs prepare_levels(const char* op, const at::Tensor& x, const at::Tensor& alpha, c10::string_view scheme,
                          int64_t bits, bool is_signed, int64_t k, c10::string_view rounding,
                          std::optional<int64_t> axis, bool codes = false);
