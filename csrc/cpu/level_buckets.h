@@ -25,21 +25,19 @@
 namespace quantext {
 namespace math {
 
-//
-// Each bucket is also cut into up to 8 fine buckets. Most of them hold no
-// threshold, so one level serves all their values: `fine` holds it, or -1
-// where the fine bucket holds its bucket's threshold. A vector whose lanes all
-// fall into such pure fine buckets needs one gather instead of two.
+// Each bucket is also cut into up to 8 fine buckets, which the lookup
+// indexes: a fine bucket's bucket is its index >> fine_bits. Most fine buckets
+// hold no threshold, so one level serves all their values: `fine` holds it,
+// or -1 where the fine bucket holds its bucket's threshold. A vector whose
+// lanes all fall into such pure fine buckets needs one gather instead of two.
 template <typename T>
 struct LevelBuckets {
-  int shift;           // bucket key = float bits >> shift
-  int32_t key_offset;  // bucket = clamp(key - key_offset, 0, count - 1)
-  int32_t count;
+  int fine_shift;            // fine bucket = clamp((float bits >> fine_shift) - fine_offset, 0, fine.size() - 1)
+  int32_t fine_offset;       // the fine key of bucket 0's first fine bucket
+  int fine_bits;             // fine buckets per bucket: 2^fine_bits
+  std::vector<T> fine;       // per fine bucket: its level, or -1
   std::vector<T> threshold;  // per bucket: its threshold, or 2 (above every a in [0, 1])
   std::vector<T> level;      // per bucket b: [2b] the level at or below its threshold, [2b + 1] above
-  int fine_shift;            // fine bucket = clamp((bits >> fine_shift) - fine_offset, 0, fine.size() - 1)
-  int32_t fine_offset;
-  std::vector<T> fine;  // per fine bucket: its level, or -1
 };
 
 }  // namespace math
@@ -74,16 +72,14 @@ inline bool build_level_buckets(const math::LevelTable<float>& t, math::LevelBuc
                   t.thresholds[i] == t.thresholds[i - 1];
     }
     if (!separated) continue;
-    out.shift = shift;
-    out.key_offset = lo_key - 1;
-    out.count = count;
+    const int32_t key_offset = lo_key - 1;  // bucket = clamp((bits >> shift) - key_offset, 0, count - 1)
     out.threshold.assign(count, 2.0f);
     out.level.assign(2 * count, 0.0f);
     int below = 0;  // thresholds in the buckets before b
     for (int32_t b = 0; b < count; ++b) {
       int above = below;
       while (above < n &&
-             (b == 0 ? !(t.thresholds[above] > 0) : (bits(t.thresholds[above]) >> shift) - out.key_offset == b)) {
+             (b == 0 ? !(t.thresholds[above] > 0) : (bits(t.thresholds[above]) >> shift) - key_offset == b)) {
         ++above;
       }
       if (above > below) out.threshold[b] = t.thresholds[below];
@@ -94,12 +90,12 @@ inline bool build_level_buckets(const math::LevelTable<float>& t, math::LevelBuc
     // Fine bucket f spans the floats with fine key f + fine_offset (f = 0 also
     // everything below, down to 0): pure when its bucket's threshold lies at
     // or above its largest float, or below its smallest.
-    const int fine_bits = std::min(kFineBits, shift);
-    out.fine_shift = shift - fine_bits;
-    out.fine_offset = out.key_offset * (1 << fine_bits);
-    out.fine.assign(static_cast<size_t>(count) << fine_bits, -1.0f);
+    out.fine_bits = std::min(kFineBits, shift);
+    out.fine_shift = shift - out.fine_bits;
+    out.fine_offset = key_offset * (1 << out.fine_bits);
+    out.fine.assign(static_cast<size_t>(count) << out.fine_bits, -1.0f);
     for (int32_t f = 0; f < static_cast<int32_t>(out.fine.size()); ++f) {
-      const int32_t b = f >> fine_bits;
+      const int32_t b = f >> out.fine_bits;
       const uint32_t key = static_cast<uint32_t>(f + out.fine_offset);
       const float lo = f == 0 ? 0.0f : c10::bit_cast<float>(key << out.fine_shift);
       const float hi = c10::bit_cast<float>(((key + 1) << out.fine_shift) - 1);

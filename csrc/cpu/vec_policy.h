@@ -45,12 +45,11 @@ struct VecPolicy {
   static V bucket_level(V a, const math::LevelBuckets<T>& b) {
     using I = at::vec::Vectorized<int32_t>;
     const I bits = at::vec::cast<int32_t>(select(not_nan(a), a, V(0)));
-    const I fine_key = (bits >> I(b.fine_shift)) - I(b.fine_offset);
-    const V pure = at::vec::gather<sizeof(T)>(
-        b.fine.data(), at::vec::clamp(fine_key, I(0), I(static_cast<int32_t>(b.fine.size()) - 1)));
+    const I fine =
+        at::vec::clamp((bits >> I(b.fine_shift)) - I(b.fine_offset), I(0), I(static_cast<int32_t>(b.fine.size()) - 1));
+    const V pure = at::vec::gather<sizeof(T)>(b.fine.data(), fine);
     if (lt(pure, V(0)).zero_mask() == (1 << V::size()) - 1) return pure;  // no lane holds a -1
-    const I key = bits >> I(b.shift);
-    const I bucket = at::vec::clamp(key - I(b.key_offset), I(0), I(b.count - 1));
+    const I bucket = fine >> I(b.fine_bits);
     const V above = lt(at::vec::gather<sizeof(T)>(b.threshold.data(), bucket), a);
     const I pick = bucket + bucket - at::vec::cast<int32_t>(above);  // all-ones lanes are -1
     return at::vec::gather<sizeof(T)>(b.level.data(), pick);
