@@ -52,7 +52,10 @@ def cuda_library_headers() -> list[str]:
 
 def extension():
     sources = sorted(glob.glob("csrc/**/*.cpp", recursive=True))
-    include_dirs = [os.path.join(ROOT, "csrc")]
+    # Headers count as inputs, so that a changed header rebuilds (ninja then
+    # recompiles only the objects that include it).
+    headers = sorted(glob.glob("csrc/**/*.h", recursive=True) + glob.glob("csrc/**/*.cuh", recursive=True))
+    include_dirs = [os.path.join(ROOT, "csrc"), os.path.join(ROOT, "csrc", "include")]
     cxx = ["-O3", "-std=c++20", "-fvisibility=hidden"] + cpu_flags()
     if want_cuda():
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
@@ -63,12 +66,14 @@ def extension():
             nvcc += [f"-Xcompiler=-idirafter,{d}"]
         return CUDAExtension(
             "quantext._C",
-            sources + sorted(glob.glob("cuda/**/*.cu", recursive=True)),
-            include_dirs=include_dirs + [os.path.join(ROOT, "cuda")],
+            sources + sorted(glob.glob("csrc/cuda/*.cu")),
+            include_dirs=include_dirs,
+            depends=headers,
             define_macros=[("QUANTEXT_WITH_CUDA", "1")],
             extra_compile_args={"cxx": cxx, "nvcc": nvcc},
         )
-    return CppExtension("quantext._C", sources, include_dirs=include_dirs, extra_compile_args={"cxx": cxx})
+    return CppExtension("quantext._C", sources, include_dirs=include_dirs, depends=headers,
+                        extra_compile_args={"cxx": cxx})
 
 
 setup(
@@ -80,4 +85,8 @@ setup(
     ext_modules=[extension()],
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
     python_requires=">=3.10",
+    # What `import quantext` needs; export also needs onnx and onnxruntime
+    # (extras "export"), and the demo scikit-learn (requirements.txt pins all).
+    install_requires=["torch>=2.9", "numpy", "tqdm"],
+    extras_require={"export": ["onnx", "onnxruntime", "onnxscript"]},
 )

@@ -10,7 +10,6 @@ PYBIND11_MODULE(_C, m) {
         py::arg("narrow_range") = false, "Integer range (qmin, qmax) of a b-bit uniform grid.");
   m.def("set_value_checks", &quantext::set_value_checks, py::arg("enabled"),
         "Enable/disable value checks of scales and zero points that live on a device (each costs a host sync).");
-  m.def("value_checks_enabled", &quantext::value_checks_enabled);
 #ifdef QUANTEXT_WITH_CUDA
   m.attr("with_cuda") = true;
 #else

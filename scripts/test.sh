@@ -10,9 +10,10 @@ for variant in release sanitize; do
   flags=(-DCMAKE_BUILD_TYPE=Release)
   [ "$variant" = sanitize ] && flags=(-DCMAKE_BUILD_TYPE=Debug -DQUANTEXT_SANITIZE=ON)
   echo "[test] GoogleTest ($variant)"
-  cmake -S . -B "build/cmake-$variant" -DQUANTEXT_TORCH_DIR="$TORCH_DIR" "${flags[@]}" >/dev/null
-  cmake --build "build/cmake-$variant" -j "$(nproc)" >/dev/null
-  ctest --test-dir "build/cmake-$variant" --output-on-failure
+  # The build folders persist: a second run rebuilds only what changed.
+  .venv/bin/cmake -S . -B "build/cmake-$variant" -DQUANTEXT_TORCH_DIR="$TORCH_DIR" "${flags[@]}" >/dev/null
+  .venv/bin/cmake --build "build/cmake-$variant" -j "$(nproc)" >/dev/null
+  .venv/bin/ctest --test-dir "build/cmake-$variant" --output-on-failure
 done
 
 echo "[test] pytest"

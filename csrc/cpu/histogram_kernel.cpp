@@ -4,14 +4,13 @@
 // independent of the merge order.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
-#include <torch/library.h>
 
 #include <algorithm>
 #include <mutex>
 #include <vector>
 
 #include "ops/histogram.h"
-#include "quantext/histogram_bin.h"
+#include "math/histogram_bin.h"
 
 namespace quantext {
 namespace cpu {
@@ -68,22 +67,9 @@ at::Tensor count(const HistogramArgs& a) {
   return out;
 }
 
-at::Tensor histogram_cpu(const at::Tensor& x, int64_t bins, const at::Tensor& lo, const at::Tensor& hi,
-                         std::optional<int64_t> axis) {
-  return count(prepare_histogram("quantext.histogram", x, bins, lo, hi, axis));
-}
-
-at::Tensor magnitude_histogram_cpu(const at::Tensor& x, int64_t bins, const at::Tensor& amax,
-                                   std::optional<int64_t> axis) {
-  return count(prepare_histogram("quantext.magnitude_histogram", x, bins, std::nullopt, amax, axis));
-}
-
 }  // namespace
 
-TORCH_LIBRARY_IMPL(quantext, CPU, m) {
-  m.impl("histogram", &histogram_cpu);
-  m.impl("magnitude_histogram", &magnitude_histogram_cpu);
-}
+QUANTEXT_REGISTER_KERNEL(histogram_count_kernel, CPU, &count);
 
 }  // namespace cpu
 }  // namespace quantext

@@ -20,7 +20,7 @@
 #include <type_traits>
 #include <vector>
 
-#include "quantext/scheme_math.h"
+#include "math/scheme_math.h"
 
 namespace quantext {
 namespace math {

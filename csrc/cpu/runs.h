@@ -5,7 +5,7 @@
 
 #include <ATen/Parallel.h>
 
-#include "quantext/layout.h"
+#include "math/layout.h"
 
 namespace quantext {
 namespace cpu {

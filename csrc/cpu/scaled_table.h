@@ -1,4 +1,4 @@
-// ScaledTables (quantext/scheme_math.h) for the CPU kernels: a grid's
+// ScaledTables (math/scheme_math.h) for the CPU kernels: a grid's
 // thresholds carried over to x for one clipping value alpha, so that the
 // forward compares |x| with them and needs no division per element.
 #pragma once
@@ -10,7 +10,7 @@
 #include <limits>
 #include <type_traits>
 
-#include "quantext/scheme_math.h"
+#include "math/scheme_math.h"
 
 namespace quantext {
 namespace cpu {

@@ -7,6 +7,8 @@
 #include <ATen/cpu/vec/functional.h>
 
 #include <algorithm>
+#include <array>
+#include <tuple>
 #include <type_traits>
 
 #include "cpu/vec_policy.h"
@@ -36,20 +38,23 @@ void map_run(const scalar_t* __restrict__ x, scalar_t* __restrict__ y, int64_t n
   }
 }
 
-// dx[i] = g(dy[i], x[i]).dx and, with kSum, returns the sum of the second
-// member (a parameter's gradient). Lane sums are flushed into double every
-// kFlush elements to bound rounding error.
+// dx[i] = g(dy[i], x[i]).first and, with kSum, returns the sums of the
+// members of .second (an std::array: the parameters' gradients). Lane sums
+// are flushed into double every kFlush elements to bound rounding error.
 template <bool kSum, typename acc_t, typename scalar_t, typename G>
-double grad_run(const scalar_t* __restrict__ dy, const scalar_t* __restrict__ x, scalar_t* __restrict__ dx, int64_t n,
-                const G& g) {
-  double sum = 0;
+auto grad_run(const scalar_t* __restrict__ dy, const scalar_t* __restrict__ x, scalar_t* __restrict__ dx, int64_t n,
+              const G& g) {
+  using Sums = decltype(g.template operator()<math::Scalar<acc_t>>(acc_t(0), acc_t(0)).second);
+  constexpr size_t K = std::tuple_size_v<Sums>;
+  std::array<double, K> sum{};
   if constexpr (!std::is_same_v<scalar_t, acc_t>) {
     acc_t dyb[kConvertBlock], xb[kConvertBlock], dxb[kConvertBlock];
     for (int64_t i = 0; i < n; i += kConvertBlock) {
       const int64_t m = std::min(kConvertBlock, n - i);
       at::vec::convert(dy + i, dyb, m);
       at::vec::convert(x + i, xb, m);
-      sum += grad_run<kSum, acc_t>(dyb, xb, dxb, m, g);
+      const auto block = grad_run<kSum, acc_t>(dyb, xb, dxb, m, g);
+      for (size_t k = 0; k < K; ++k) sum[k] += block[k];
       at::vec::convert(dxb, dx + i, m);
     }
   } else {
@@ -57,19 +62,26 @@ double grad_run(const scalar_t* __restrict__ dy, const scalar_t* __restrict__ x,
     using V = at::vec::Vectorized<acc_t>;
     int64_t i = 0;
     while (i + V::size() <= n) {
-      V lanes(0);
+      std::array<V, K> lanes;
+      lanes.fill(V(0));
       const int64_t stop = std::min(n, i + kFlush);
       for (; i + V::size() <= stop; i += V::size()) {
-        const auto [d, dparam] = g.template operator()<VecPolicy<acc_t>>(V::loadu(dy + i), V::loadu(x + i));
+        const auto [d, dparams] = g.template operator()<VecPolicy<acc_t>>(V::loadu(dy + i), V::loadu(x + i));
         d.store(dx + i);
-        if constexpr (kSum) lanes += dparam;
+        if constexpr (kSum) {
+          for (size_t k = 0; k < K; ++k) lanes[k] += dparams[k];
+        }
       }
-      if constexpr (kSum) sum += at::vec::vec_reduce_all<acc_t>(std::plus<V>(), lanes);
+      if constexpr (kSum) {
+        for (size_t k = 0; k < K; ++k) sum[k] += at::vec::vec_reduce_all<acc_t>(std::plus<V>(), lanes[k]);
+      }
     }
     for (; i < n; ++i) {
-      const auto [d, dparam] = g.template operator()<math::Scalar<acc_t>>(dy[i], x[i]);
+      const auto [d, dparams] = g.template operator()<math::Scalar<acc_t>>(dy[i], x[i]);
       dx[i] = d;
-      if constexpr (kSum) sum += dparam;
+      if constexpr (kSum) {
+        for (size_t k = 0; k < K; ++k) sum[k] += dparams[k];
+      }
     }
   }
   return sum;

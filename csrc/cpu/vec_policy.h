@@ -1,5 +1,5 @@
 // The scheme-math policy for ATen's Vectorized<T>, so the formulas of
-// quantext/scheme_math.h run SIMD-wide on the CPU. Masks are all-ones lanes.
+// math/scheme_math.h run SIMD-wide on the CPU. Masks are all-ones lanes.
 #pragma once
 
 #include <ATen/cpu/vec/functional.h>
@@ -9,7 +9,7 @@
 #include <type_traits>
 
 #include "cpu/level_buckets.h"
-#include "quantext/scheme_math.h"
+#include "math/scheme_math.h"
 
 namespace quantext {
 namespace cpu {

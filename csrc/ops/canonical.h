@@ -8,7 +8,7 @@
 #include <optional>
 #include <vector>
 
-#include "quantext/layout.h"
+#include "math/layout.h"
 #include "quantext/quantext.h"
 
 namespace quantext {

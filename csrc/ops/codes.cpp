@@ -1,8 +1,9 @@
-// Schemas of the integer-code ops, their dtype rules and the C++ API entry
-// points. quantize gives the integer each element would be stored as;
+// Schemas of the integer-code ops, their dtype rules, host halves and the
+// C++ API entry points. quantize gives the integer each element would be stored as;
 // dequantize maps codes back to values bit-identical to fake quantization.
 #include "ops/codes.h"
 
+#include <ATen/DeviceGuard.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
 
@@ -11,6 +12,11 @@
 #include "quantext/quantext.h"
 
 namespace quantext {
+
+KernelStub<UniformCodesKernel> quantize_uniform_kernel{"quantext.quantize_uniform"};
+KernelStub<UniformCodesKernel> dequantize_uniform_kernel{"quantext.dequantize_uniform"};
+KernelStub<LevelCodesKernel> quantize_levels_kernel{"quantext.quantize_levels"};
+KernelStub<LevelCodesKernel> dequantize_levels_kernel{"quantext.dequantize_levels"};
 
 at::ScalarType uniform_code_dtype(int64_t qmin, int64_t qmax) {
   if (qmin >= -128 && qmax <= 127) return at::kChar;
@@ -36,6 +42,60 @@ ValueCheck level_codes_in_range(const at::Tensor& codes, const LevelSpec& spec) 
                     spec.is_signed ? "signed" : "unsigned", " levels");
   });
 }
+
+namespace {
+
+// Allocates the canonical output of dtype `dtype`, runs the backend's kernel
+// on it (non-empty inputs) and restores the layout of `input`.
+template <typename Args, typename Kernel>
+at::Tensor run_codes(const Args& a, const KernelStub<Kernel>& kernel, const at::Tensor& input,
+                     at::ScalarType dtype) {
+  at::Tensor out = at::empty_like(a.c.x, a.c.x.options().dtype(dtype));
+  if (input.numel() > 0) kernel(input.device().type())(a, out);
+  return a.c.restore(out, input);
+}
+
+at::Tensor quantize_uniform_host(const at::Tensor& x, const at::Tensor& scale, const at::Tensor& zero_point,
+                                 int64_t qmin, int64_t qmax, std::optional<int64_t> axis, int64_t group_size) {
+  const c10::OptionalDeviceGuard guard(at::device_of(x));
+  const auto a = prepare_uniform("quantext.quantize_uniform", x, scale, zero_point, qmin, qmax, axis, group_size);
+  return run_codes(a, quantize_uniform_kernel, x, uniform_code_dtype(qmin, qmax));
+}
+
+at::Tensor dequantize_uniform_host(const at::Tensor& codes, const at::Tensor& scale, const at::Tensor& zero_point,
+                                   std::optional<int64_t> axis, int64_t group_size) {
+  const c10::OptionalDeviceGuard guard(at::device_of(codes));
+  const char* op = "quantext.dequantize_uniform";
+  const auto [lo, hi] = code_dtype_range(op, codes);
+  const auto a = prepare_uniform(op, codes, scale, zero_point, lo, hi, axis, group_size, true);
+  return run_codes(a, dequantize_uniform_kernel, codes, scale.scalar_type());
+}
+
+at::Tensor quantize_levels_host(const at::Tensor& x, const at::Tensor& alpha, c10::string_view scheme, int64_t bits,
+                                bool is_signed, int64_t k, c10::string_view rounding, std::optional<int64_t> axis) {
+  const c10::OptionalDeviceGuard guard(at::device_of(x));
+  const auto a = prepare_levels("quantext.quantize_levels", x, alpha, scheme, bits, is_signed, k, rounding, axis);
+  return run_codes(a, quantize_levels_kernel, x, level_code_dtype(a.spec));
+}
+
+at::Tensor dequantize_levels_host(const at::Tensor& codes, const at::Tensor& alpha, c10::string_view scheme,
+                                  int64_t bits, bool is_signed, int64_t k, std::optional<int64_t> axis) {
+  const c10::OptionalDeviceGuard guard(at::device_of(codes));
+  const auto a =
+      prepare_levels("quantext.dequantize_levels", codes, alpha, scheme, bits, is_signed, k, "nearest", axis, true);
+  return run_codes(a, dequantize_levels_kernel, codes, alpha.scalar_type());
+}
+
+void register_codes(torch::Library& m) {
+  m.impl("quantize_uniform", &quantize_uniform_host);
+  m.impl("dequantize_uniform", &dequantize_uniform_host);
+  m.impl("quantize_levels", &quantize_levels_host);
+  m.impl("dequantize_levels", &dequantize_levels_host);
+}
+
+}  // namespace
+
+QUANTEXT_HOST_IMPL(register_codes)
 
 at::Tensor quantize_uniform(const at::Tensor& x, const at::Tensor& scale, const at::Tensor& zero_point, int64_t qmin,
                             int64_t qmax, std::optional<int64_t> axis, int64_t group_size) {

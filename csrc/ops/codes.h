@@ -1,13 +1,16 @@
 // Integer-code ops (quantize / dequantize for every scheme): dtype rules and
-// checks shared by the CPU and CUDA kernels.
+// checks shared by the CPU and CUDA kernels, and the kernels they register.
 #pragma once
 
 #include <ATen/ATen.h>
 
 #include <utility>
 
+#include "math/level_sets.h"
+#include "ops/kernel_stub.h"
+#include "ops/level_ops.h"
+#include "ops/uniform.h"
 #include "ops/value_checks.h"
-#include "quantext/levels.h"
 
 namespace quantext {
 
@@ -22,5 +25,13 @@ std::pair<int64_t, int64_t> code_dtype_range(const char* op, const at::Tensor& c
 
 // Level codes must lie in [-(2^B - 1), 2^B - 1] (signed) or [0, 2^B - 1].
 ValueCheck level_codes_in_range(const at::Tensor& codes, const LevelSpec& spec);
+
+// out (canonical layout, non-empty) = codes of a.c.x, or the values of the codes a.c.x.
+using UniformCodesKernel = void (*)(const UniformArgs& a, at::Tensor& out);
+using LevelCodesKernel = void (*)(const LevelArgs& a, at::Tensor& out);
+extern KernelStub<UniformCodesKernel> quantize_uniform_kernel;
+extern KernelStub<UniformCodesKernel> dequantize_uniform_kernel;
+extern KernelStub<LevelCodesKernel> quantize_levels_kernel;
+extern KernelStub<LevelCodesKernel> dequantize_levels_kernel;
 
 }  // namespace quantext

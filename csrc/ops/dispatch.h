@@ -3,6 +3,7 @@
 // float32/float64, integer code tensors, and the compute type of each.
 #pragma once
 
+#include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 
 #include <type_traits>

@@ -1,12 +1,16 @@
-// Schemas of the histogram ops and their shared argument checks.
+// Schemas of the histogram ops, their shared argument checks and host halves.
 #include "ops/histogram.h"
 
+#include <ATen/DeviceGuard.h>
 #include <torch/library.h>
 
 #include "ops/canonical.h"
 #include "ops/value_checks.h"
 
 namespace quantext {
+
+KernelStub<HistogramKernel> histogram_count_kernel{"quantext.histogram"};
+
 namespace {
 
 // More bins than this is a mistake (and would not fit the CUDA kernel's grid math).
@@ -59,6 +63,30 @@ HistogramArgs prepare_histogram(const char* op, const at::Tensor& x, int64_t bin
   check_values(op, {positive_finite(a.magnitude ? a.hi : a.hi - a.lo, a.magnitude ? "amax" : "hi - lo")});
   return a;
 }
+
+namespace {
+
+at::Tensor histogram_host(const at::Tensor& x, int64_t bins, const at::Tensor& lo, const at::Tensor& hi,
+                          std::optional<int64_t> axis) {
+  const c10::OptionalDeviceGuard guard(at::device_of(x));
+  return histogram_count_kernel(x.device().type())(prepare_histogram("quantext.histogram", x, bins, lo, hi, axis));
+}
+
+at::Tensor magnitude_histogram_host(const at::Tensor& x, int64_t bins, const at::Tensor& amax,
+                                    std::optional<int64_t> axis) {
+  const c10::OptionalDeviceGuard guard(at::device_of(x));
+  return histogram_count_kernel(x.device().type())(
+      prepare_histogram("quantext.magnitude_histogram", x, bins, std::nullopt, amax, axis));
+}
+
+void register_histogram(torch::Library& m) {
+  m.impl("histogram", &histogram_host);
+  m.impl("magnitude_histogram", &magnitude_histogram_host);
+}
+
+}  // namespace
+
+QUANTEXT_HOST_IMPL(register_histogram)
 
 TORCH_LIBRARY_FRAGMENT(quantext, m) {
   m.def("histogram(Tensor x, int bins, Tensor lo, Tensor hi, int? axis=None) -> Tensor");

@@ -1,10 +1,13 @@
-// Histogram ops: argument handling shared by the CPU and CUDA kernels.
+// Histogram ops: argument handling shared by the CPU and CUDA kernels, and
+// the counting kernel each backend registers.
 #pragma once
 
 #include <ATen/ATen.h>
 
 #include <optional>
 #include <vector>
+
+#include "ops/kernel_stub.h"
 
 namespace quantext {
 
@@ -26,5 +29,9 @@ struct HistogramArgs {
 // histogram over [0, hi] (and `hi` is called amax in messages).
 HistogramArgs prepare_histogram(const char* op, const at::Tensor& x, int64_t bins, const std::optional<at::Tensor>& lo,
                                 const at::Tensor& hi, std::optional<int64_t> axis);
+
+// The counts, in the shape a.out_shape (int64).
+using HistogramKernel = at::Tensor (*)(const HistogramArgs& a);
+extern KernelStub<HistogramKernel> histogram_count_kernel;
 
 }  // namespace quantext

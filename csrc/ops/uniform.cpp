@@ -1,8 +1,10 @@
-// Schemas of the uniform fake-quant ops, their shared argument handling and
-// the C++ API entry points (which go through the dispatcher, so LibTorch users
-// get the same autograd and device dispatch as Python).
+// Schemas of the uniform fake-quant ops, their host halves (argument
+// handling, allocation, layout; the loops are the backends' kernels) and the
+// C++ API entry points (which go through the dispatcher, so LibTorch users get
+// the same autograd and device dispatch as Python).
 #include "ops/uniform.h"
 
+#include <ATen/DeviceGuard.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
 
@@ -10,6 +12,9 @@
 #include "quantext/quantext.h"
 
 namespace quantext {
+
+KernelStub<UniformForwardKernel> uniform_forward_kernel{"quantext.fake_quant_uniform"};
+KernelStub<UniformBackwardKernel> uniform_backward_kernel{"quantext.fake_quant_uniform_backward"};
 
 UniformArgs prepare_uniform(const char* op, const at::Tensor& x, const at::Tensor& scale, const at::Tensor& zero_point,
                             int64_t qmin, int64_t qmax, std::optional<int64_t> axis, int64_t group_size, bool codes) {
@@ -30,6 +35,44 @@ UniformArgs prepare_uniform(const char* op, const at::Tensor& x, const at::Tenso
   a.zero_point = canonical_params(a.c, zero_point.to(scale.scalar_type()));
   return a;
 }
+
+namespace {
+
+at::Tensor fake_quant_uniform_host(const at::Tensor& x, const at::Tensor& scale, const at::Tensor& zero_point,
+                                   int64_t qmin, int64_t qmax, std::optional<int64_t> axis, int64_t group_size,
+                                   double /*grad_factor*/) {
+  const c10::OptionalDeviceGuard guard(at::device_of(x));
+  const auto a = prepare_uniform("quantext.fake_quant_uniform", x, scale, zero_point, qmin, qmax, axis, group_size);
+  at::Tensor y = a.c.empty_out();
+  if (x.numel() > 0) uniform_forward_kernel(x.device().type())(a, y);
+  return a.c.restore(y, x);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> fake_quant_uniform_backward_host(
+    const at::Tensor& grad, const at::Tensor& x, const at::Tensor& scale, const at::Tensor& zero_point, int64_t qmin,
+    int64_t qmax, std::optional<int64_t> axis, int64_t group_size, double grad_factor, bool param_grads) {
+  const char* op = "quantext.fake_quant_uniform_backward";
+  const c10::OptionalDeviceGuard guard(at::device_of(x));
+  const auto a = prepare_uniform(op, x, scale, zero_point, qmin, qmax, axis, group_size);
+  const at::Tensor dy = a.c.grad_in(op, grad, x);
+  at::Tensor dx = a.c.empty_out();
+  if (x.numel() == 0 || !param_grads) {
+    if (x.numel() > 0) uniform_backward_kernel(x.device().type())(a, dy, dx, false);
+    return {a.c.restore(dx, x), at::zeros_like(scale), at::zeros_like(scale)};
+  }
+  const at::Tensor partials = uniform_backward_kernel(x.device().type())(a, dy, dx, true);
+  const auto grads = a.c.reduce_items(partials, grad_factor, scale);
+  return {a.c.restore(dx, x), grads[0], grads[1]};
+}
+
+void register_uniform(torch::Library& m) {
+  m.impl("fake_quant_uniform", &fake_quant_uniform_host);
+  m.impl("fake_quant_uniform_backward", &fake_quant_uniform_backward_host);
+}
+
+}  // namespace
+
+QUANTEXT_HOST_IMPL(register_uniform)
 
 std::pair<int64_t, int64_t> uniform_bounds(int64_t bits, bool is_signed, bool narrow_range) {
   TORCH_CHECK_VALUE(bits >= 2 && bits <= 16, "quantext.uniform_bounds: bits must be in [2, 16], got ", bits);

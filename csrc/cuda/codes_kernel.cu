@@ -1,15 +1,13 @@
-// CUDA kernels of the integer-code ops: elementwise grid-stride loops over the
+// CUDA kernels of the integer-code ops (host halves: ops/codes.cpp): elementwise grid-stride loops over the
 // same scheme-math formulas as fake quantization (codes decode to exactly its
 // outputs), level tables in shared memory.
-#include <ATen/DeviceGuard.h>
 #include <ATen/cuda/CUDAContext.h>
-#include <torch/library.h>
 
-#include "launch.cuh"
-#include "level_table.cuh"
+#include "cuda/launch.cuh"
+#include "cuda/level_table.cuh"
 #include "ops/codes.h"
 #include "ops/dispatch.h"
-#include "ops/levels.h"
+#include "ops/level_ops.h"
 #include "ops/uniform.h"
 
 namespace quantext {
@@ -60,85 +58,60 @@ void launch(Kernel kernel, int64_t numel, Args... args) {
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-at::Tensor quantize_uniform_cuda(const at::Tensor& x, const at::Tensor& scale, const at::Tensor& zero_point,
-                                 int64_t qmin, int64_t qmax, std::optional<int64_t> axis, int64_t group_size) {
-  const c10::OptionalDeviceGuard guard(at::device_of(x));
-  const auto a = prepare_uniform("quantext.quantize_uniform", x, scale, zero_point, qmin, qmax, axis, group_size);
-  at::Tensor codes = at::empty_like(a.c.x, a.c.x.options().dtype(uniform_code_dtype(qmin, qmax)));
-  dispatch_types(x, a.scale, [&](auto x_tag, auto s_tag) {
+void quantize_uniform(const UniformArgs& a, at::Tensor& codes) {
+  dispatch_types(a.c.x, a.scale, [&](auto x_tag, auto s_tag) {
     using x_t = decltype(x_tag);
     using scale_t = decltype(s_tag);
     using acc_t = acc_type<x_t>;
     AT_DISPATCH_INTEGRAL_TYPES(codes.scalar_type(), "quantext_quantize_uniform", [&] {
-      launch(uniform_kernel<false, x_t, scalar_t, acc_t, scale_t>, x.numel(), a.c.x.const_data_ptr<x_t>(),
+      launch(uniform_kernel<false, x_t, scalar_t, acc_t, scale_t>, a.c.layout.numel, a.c.x.const_data_ptr<x_t>(),
              codes.mutable_data_ptr<scalar_t>(), a.scale.const_data_ptr<scale_t>(),
-             a.zero_point.const_data_ptr<scale_t>(), a.c.layout, acc_t(qmin), acc_t(qmax));
+             a.zero_point.const_data_ptr<scale_t>(), a.c.layout, acc_t(a.qmin), acc_t(a.qmax));
     });
   });
-  return a.c.restore(codes, x);
 }
 
-at::Tensor dequantize_uniform_cuda(const at::Tensor& codes, const at::Tensor& scale, const at::Tensor& zero_point,
-                                   std::optional<int64_t> axis, int64_t group_size) {
-  const c10::OptionalDeviceGuard guard(at::device_of(codes));
-  const char* op = "quantext.dequantize_uniform";
-  const auto [lo, hi] = code_dtype_range(op, codes);
-  const auto a = prepare_uniform(op, codes, scale, zero_point, lo, hi, axis, group_size, true);
-  at::Tensor y = at::empty_like(a.c.x, a.c.x.options().dtype(scale.scalar_type()));
-  dispatch_codes(codes, a.scale, [&](auto c_tag, auto s_tag) {
+void dequantize_uniform(const UniformArgs& a, at::Tensor& y) {
+  dispatch_codes(a.c.x, a.scale, [&](auto c_tag, auto s_tag) {
     using code_t = decltype(c_tag);
     using acc_t = decltype(s_tag);
-    launch(uniform_kernel<true, code_t, acc_t, acc_t, acc_t>, codes.numel(), a.c.x.const_data_ptr<code_t>(),
+    launch(uniform_kernel<true, code_t, acc_t, acc_t, acc_t>, a.c.layout.numel, a.c.x.const_data_ptr<code_t>(),
            y.mutable_data_ptr<acc_t>(), a.scale.const_data_ptr<acc_t>(), a.zero_point.const_data_ptr<acc_t>(),
-           a.c.layout, acc_t(lo), acc_t(hi));
+           a.c.layout, acc_t(a.qmin), acc_t(a.qmax));
   });
-  return a.c.restore(y, codes);
 }
 
-at::Tensor quantize_levels_cuda(const at::Tensor& x, const at::Tensor& alpha, c10::string_view scheme, int64_t bits,
-                                bool is_signed, int64_t k, c10::string_view rounding, std::optional<int64_t> axis) {
-  const c10::OptionalDeviceGuard guard(at::device_of(x));
-  const auto a = prepare_levels("quantext.quantize_levels", x, alpha, scheme, bits, is_signed, k, rounding, axis);
-  at::Tensor codes = at::empty_like(a.c.x, a.c.x.options().dtype(level_code_dtype(a.spec)));
-  dispatch_types(x, a.alpha, [&](auto x_tag, auto p_tag) {
+void quantize_levels(const LevelArgs& a, at::Tensor& codes) {
+  dispatch_types(a.c.x, a.alpha, [&](auto x_tag, auto p_tag) {
     using x_t = decltype(x_tag);
     using param_t = decltype(p_tag);
     using acc_t = acc_type<x_t>;
-    const auto table = make_level_table<acc_t>(a);
+    const auto& table = level_table<acc_t>(a);
     math::with_level_search<Scalar<acc_t>, true>(table, [&](auto search) {
       AT_DISPATCH_INTEGRAL_TYPES(codes.scalar_type(), "quantext_quantize_levels", [&] {
-        launch(levels_kernel<false, x_t, scalar_t, acc_t, param_t, decltype(search)>, x.numel(),
+        launch(levels_kernel<false, x_t, scalar_t, acc_t, param_t, decltype(search)>, a.c.layout.numel,
                a.c.x.const_data_ptr<x_t>(), codes.mutable_data_ptr<scalar_t>(), a.alpha.const_data_ptr<param_t>(),
                a.c.layout, table);
       });
     });
   });
-  return a.c.restore(codes, x);
 }
 
-at::Tensor dequantize_levels_cuda(const at::Tensor& codes, const at::Tensor& alpha, c10::string_view scheme,
-                                  int64_t bits, bool is_signed, int64_t k, std::optional<int64_t> axis) {
-  const c10::OptionalDeviceGuard guard(at::device_of(codes));
-  const char* op = "quantext.dequantize_levels";
-  const auto a = prepare_levels(op, codes, alpha, scheme, bits, is_signed, k, "nearest", axis, true);
-  at::Tensor y = at::empty_like(a.c.x, a.c.x.options().dtype(alpha.scalar_type()));
-  dispatch_codes(codes, a.alpha, [&](auto c_tag, auto p_tag) {
+void dequantize_levels(const LevelArgs& a, at::Tensor& y) {
+  dispatch_codes(a.c.x, a.alpha, [&](auto c_tag, auto p_tag) {
     using code_t = decltype(c_tag);
     using acc_t = decltype(p_tag);
-    launch(levels_kernel<true, code_t, acc_t, acc_t, acc_t>, codes.numel(), a.c.x.const_data_ptr<code_t>(),
-           y.mutable_data_ptr<acc_t>(), a.alpha.const_data_ptr<acc_t>(), a.c.layout, make_level_table<acc_t>(a));
+    launch(levels_kernel<true, code_t, acc_t, acc_t, acc_t>, a.c.layout.numel, a.c.x.const_data_ptr<code_t>(),
+           y.mutable_data_ptr<acc_t>(), a.alpha.const_data_ptr<acc_t>(), a.c.layout, level_table<acc_t>(a));
   });
-  return a.c.restore(y, codes);
 }
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(quantext, CUDA, m) {
-  m.impl("quantize_uniform", &quantize_uniform_cuda);
-  m.impl("dequantize_uniform", &dequantize_uniform_cuda);
-  m.impl("quantize_levels", &quantize_levels_cuda);
-  m.impl("dequantize_levels", &dequantize_levels_cuda);
-}
+QUANTEXT_REGISTER_KERNEL(quantize_uniform_kernel, CUDA, &quantize_uniform);
+QUANTEXT_REGISTER_KERNEL(dequantize_uniform_kernel, CUDA, &dequantize_uniform);
+QUANTEXT_REGISTER_KERNEL(quantize_levels_kernel, CUDA, &quantize_levels);
+QUANTEXT_REGISTER_KERNEL(dequantize_levels_kernel, CUDA, &dequantize_levels);
 
 }  // namespace cuda
 }  // namespace quantext

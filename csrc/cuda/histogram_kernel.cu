@@ -3,15 +3,13 @@
 // to the int64 output with one global atomic per non-empty counter. Rows too
 // wide for shared memory count straight into global memory. The ranges are
 // read on the device: no host sync.
-#include <ATen/DeviceGuard.h>
 #include <ATen/Dispatch.h>
 #include <ATen/cuda/CUDAContext.h>
-#include <torch/library.h>
 
 #include <algorithm>
 
 #include "ops/histogram.h"
-#include "quantext/histogram_bin.h"
+#include "math/histogram_bin.h"
 
 namespace quantext {
 namespace cuda {
@@ -57,7 +55,7 @@ __global__ void histogram_kernel(const scalar_t* __restrict__ x, int64_t rows, i
   }
 }
 
-// The callers hold the device guard.
+// The host half holds the device guard.
 at::Tensor count(const HistogramArgs& a) {
   at::Tensor out = a.zero_counts();
   if (a.n == 0 || a.rows == 0) return out;
@@ -89,24 +87,9 @@ at::Tensor count(const HistogramArgs& a) {
   return out;
 }
 
-at::Tensor histogram_cuda(const at::Tensor& x, int64_t bins, const at::Tensor& lo, const at::Tensor& hi,
-                          std::optional<int64_t> axis) {
-  const c10::OptionalDeviceGuard guard(at::device_of(x));
-  return count(prepare_histogram("quantext.histogram", x, bins, lo, hi, axis));
-}
-
-at::Tensor magnitude_histogram_cuda(const at::Tensor& x, int64_t bins, const at::Tensor& amax,
-                                    std::optional<int64_t> axis) {
-  const c10::OptionalDeviceGuard guard(at::device_of(x));
-  return count(prepare_histogram("quantext.magnitude_histogram", x, bins, std::nullopt, amax, axis));
-}
-
 }  // namespace
 
-TORCH_LIBRARY_IMPL(quantext, CUDA, m) {
-  m.impl("histogram", &histogram_cuda);
-  m.impl("magnitude_histogram", &magnitude_histogram_cuda);
-}
+QUANTEXT_REGISTER_KERNEL(histogram_count_kernel, CUDA, &count);
 
 }  // namespace cuda
 }  // namespace quantext

@@ -1,4 +1,4 @@
-#include "quantext/levels.h"
+#include "math/level_sets.h"
 
 #include <c10/util/Exception.h>
 

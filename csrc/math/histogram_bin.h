@@ -4,7 +4,7 @@
 
 #include <cstdint>
 
-#include "quantext/scheme_math.h"
+#include "math/scheme_math.h"
 
 namespace quantext {
 namespace hist {

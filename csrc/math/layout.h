@@ -10,7 +10,7 @@
 
 #include <cstdint>
 
-#include "quantext/scheme_math.h"
+#include "math/scheme_math.h"
 
 namespace quantext {
 

@@ -1,6 +1,6 @@
 // Level tables of the non-uniform schemes (powers of two, additive powers of
 // two): which magnitudes exist. Host code in double precision; the kernels get
-// a math::LevelTable with thresholds in their compute type (ops/levels.h).
+// a math::LevelTable with thresholds in their compute type (ops/level_ops.h).
 #pragma once
 
 #include <c10/util/string_view.h>

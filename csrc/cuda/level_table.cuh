@@ -3,7 +3,7 @@
 // block, where the per-element searches read it.
 #pragma once
 
-#include "quantext/scheme_math.h"
+#include "math/scheme_math.h"
 
 namespace quantext {
 namespace cuda {

@@ -1,0 +1,93 @@
+// CPU kernels of the level-scheme (PoT / APoT) fake-quant op: SIMD level
+// search (closed form, bucket index, scan or binary search, picked once per
+// call; see math/scheme_math.h), on x itself where one alpha serves the
+// tensor (cpu/scaled_table.h), multi-threaded over the items of the
+// RunLayout.
+#include <array>
+#include <memory>
+#include <utility>
+
+#include "cpu/level_buckets.h"
+#include "cpu/runs.h"
+#include "cpu/scaled_table.h"
+#include "cpu/vec_loops.h"
+#include "ops/dispatch.h"
+#include "ops/level_ops.h"
+
+namespace quantext {
+namespace cpu {
+namespace {
+
+// The grid's CpuLevelTable: the shared level table plus, for 8-bit float32
+// grids, the bucket index, built once per grid like the table itself.
+template <typename T>
+const CpuLevelTable<T>& cpu_level_table(const LevelArgs& a) {
+  return cached_per_grid<CpuLevelTable<T>>(
+      a.spec, [&] { return std::make_unique<const CpuLevelTable<T>>(level_table<T>(a)); });
+}
+
+// Calls f(search, grid): the search picked for the table once per call, on its
+// ScaledTable where one alpha serves the tensor and the search has one, else
+// on the table itself.
+template <typename acc_t, typename param_t, typename F>
+void with_grid(const math::LevelTable<acc_t>& table, const param_t* alpha, int64_t alphas, const F& f) {
+  math::with_level_search<VecPolicy<acc_t>, false>(table, [&](auto search) {
+    with_scaled_table<decltype(search)>(table, alpha, alphas, [&](const auto& grid) { f(search, grid); });
+  });
+}
+
+// fn(tag, search, grid, item, begin, length, alpha) over every item: the grid
+// in the compute type of the input (scalar_t of tag) with its search.
+template <typename F>
+void for_each_level_item(const LevelArgs& a, const F& fn) {
+  dispatch_types(a.c.x, a.alpha, [&](auto x_tag, auto p_tag) {
+    using param_t = decltype(p_tag);
+    using acc_t = acc_type<decltype(x_tag)>;
+    const param_t* ap = a.alpha.const_data_ptr<param_t>();
+    with_grid(cpu_level_table<acc_t>(a).table, ap, a.alpha.numel(), [&](auto search, const auto& grid) {
+      for_each_item(a.c.layout, [&](int64_t item, int64_t begin, int64_t len) {
+        fn(x_tag, search, grid, item, begin, len, static_cast<acc_t>(ap[a.c.layout.param_of_item(item)]));
+      });
+    });
+  });
+}
+
+void forward(const LevelArgs& a, at::Tensor& y) {
+  for_each_level_item(a, [&](auto tag, auto search, const auto& grid, int64_t, int64_t begin, int64_t len, auto s) {
+    using scalar_t = decltype(tag);
+    using S = decltype(search);
+    map_run<decltype(s)>(a.c.x.const_data_ptr<scalar_t>() + begin, y.mutable_data_ptr<scalar_t>() + begin, len,
+                         [&]<typename P>(typename P::V v) { return math::levels_forward<P, S>(v, P::splat(s), grid); });
+  });
+}
+
+at::Tensor backward(const LevelArgs& a, const at::Tensor& dy, at::Tensor& dx, bool alpha_grad) {
+  at::Tensor partials = at::empty({alpha_grad ? 1 : 0, a.c.layout.num_items()}, a.c.x.options().dtype(at::kDouble));
+  double* part = partials.mutable_data_ptr<double>();
+  for_each_level_item(a, [&](auto tag, auto search, const auto& grid, int64_t item, int64_t begin, int64_t len, auto s) {
+    using scalar_t = decltype(tag);
+    using S = decltype(search);
+    using acc_t = decltype(s);
+    const auto g = [&]<typename P>(typename P::V d, typename P::V v) {
+      const auto r = math::levels_backward<P, S>(d, v, P::splat(s), grid);
+      return std::pair{r.dx, std::array{r.dalpha}};
+    };
+    const scalar_t* dyp = dy.const_data_ptr<scalar_t>() + begin;
+    const scalar_t* xp = a.c.x.const_data_ptr<scalar_t>() + begin;
+    scalar_t* dxp = dx.mutable_data_ptr<scalar_t>() + begin;
+    if (alpha_grad) {
+      part[item] = grad_run<true, acc_t>(dyp, xp, dxp, len, g)[0];
+    } else {
+      grad_run<false, acc_t>(dyp, xp, dxp, len, g);
+    }
+  });
+  return partials;
+}
+
+}  // namespace
+
+QUANTEXT_REGISTER_KERNEL(level_forward_kernel, CPU, &forward);
+QUANTEXT_REGISTER_KERNEL(level_backward_kernel, CPU, &backward);
+
+}  // namespace cpu
+}  // namespace quantext

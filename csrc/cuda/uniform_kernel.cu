@@ -1,0 +1,104 @@
+// CUDA kernels of the uniform fake-quant ops (their host half is in
+// ops/uniform.cpp). The forward is one elementwise pass; the backward writes dx and, for learned scale/offset, one partial sum
+// per item (a block per item), reduced per parameter on the device.
+#include <ATen/cuda/CUDAContext.h>
+
+#include <algorithm>
+#include <tuple>
+#include <type_traits>
+
+#include "cuda/block_reduce.cuh"
+#include "cuda/launch.cuh"
+#include "ops/dispatch.h"
+#include "ops/uniform.h"
+
+namespace quantext {
+namespace cuda {
+namespace {
+
+using math::Scalar;
+
+template <typename scalar_t, typename acc_t, typename scale_t>
+__global__ void forward_kernel(const scalar_t* __restrict__ x, scalar_t* __restrict__ y,
+                               const scale_t* __restrict__ scale, const scale_t* __restrict__ zero_point,
+                               RunLayout layout, acc_t qmin, acc_t qmax) {
+  const int64_t stride = int64_t(gridDim.x) * blockDim.x;
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < layout.numel; i += stride) {
+    const auto p = math::load_uniform<acc_t>(scale, zero_point, layout.param_of_element(i), qmin, qmax);
+    y[i] = static_cast<scalar_t>(math::uniform_forward<Scalar<acc_t>>(static_cast<acc_t>(x[i]), p));
+  }
+}
+
+template <bool kParamGrads, typename scalar_t, typename acc_t, typename scale_t>
+__global__ void backward_kernel(const scalar_t* __restrict__ dy, const scalar_t* __restrict__ x,
+                                scalar_t* __restrict__ dx, const scale_t* __restrict__ scale,
+                                const scale_t* __restrict__ zero_point, RunLayout layout, acc_t qmin, acc_t qmax,
+                                acc_t* __restrict__ partials) {
+  const int64_t items = layout.num_items();
+  for (int64_t item = blockIdx.x; item < items; item += gridDim.x) {
+    const auto p = math::load_uniform<acc_t>(scale, zero_point, layout.param_of_item(item), qmin, qmax);
+    const int64_t begin = layout.item_begin(item), len = layout.item_length(item);
+    acc_t ds = 0, dz = 0;
+    for (int64_t j = threadIdx.x; j < len; j += blockDim.x) {
+      const int64_t i = begin + j;
+      const auto g = math::uniform_backward<Scalar<acc_t>>(static_cast<acc_t>(dy[i]), static_cast<acc_t>(x[i]), p);
+      dx[i] = static_cast<scalar_t>(g.dx);
+      ds += g.dscale;
+      dz += g.dzero;
+    }
+    if constexpr (kParamGrads) {
+      ds = block_sum(ds);
+      dz = block_sum(dz);
+      if (threadIdx.x == 0) {
+        partials[item] = ds;
+        partials[items + item] = dz;
+      }
+    }
+  }
+}
+
+void forward(const UniformArgs& a, at::Tensor& y) {
+  dispatch_types(a.c.x, a.scale, [&](auto x_tag, auto s_tag) {
+    using scalar_t = decltype(x_tag);
+    using scale_t = decltype(s_tag);
+    using acc_t = acc_type<scalar_t>;
+    forward_kernel<scalar_t, acc_t, scale_t>
+        <<<grid_for(a.c.layout.numel), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+            a.c.x.const_data_ptr<scalar_t>(), y.mutable_data_ptr<scalar_t>(), a.scale.const_data_ptr<scale_t>(),
+            a.zero_point.const_data_ptr<scale_t>(), a.c.layout, acc_t(a.qmin), acc_t(a.qmax));
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+}
+
+at::Tensor backward(const UniformArgs& a, const at::Tensor& dy, at::Tensor& dx, bool param_grads) {
+  const int64_t items = a.c.layout.num_items();
+  const auto acc_dtype = a.c.x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  at::Tensor partials = at::empty({param_grads ? 2 : 0, items}, a.c.x.options().dtype(acc_dtype));
+  dispatch_types(a.c.x, a.scale, [&](auto x_tag, auto s_tag) {
+    using scalar_t = decltype(x_tag);
+    using scale_t = decltype(s_tag);
+    using acc_t = acc_type<scalar_t>;
+    const int64_t grid = std::min<int64_t>(items, int64_t(1) << 20);
+    auto launch = [&](auto kernel) {
+      kernel<<<grid, kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+          dy.const_data_ptr<scalar_t>(), a.c.x.const_data_ptr<scalar_t>(), dx.mutable_data_ptr<scalar_t>(),
+          a.scale.const_data_ptr<scale_t>(), a.zero_point.const_data_ptr<scale_t>(), a.c.layout, acc_t(a.qmin),
+          acc_t(a.qmax), param_grads ? partials.mutable_data_ptr<acc_t>() : nullptr);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    };
+    if (param_grads) {
+      launch(backward_kernel<true, scalar_t, acc_t, scale_t>);
+    } else {
+      launch(backward_kernel<false, scalar_t, acc_t, scale_t>);
+    }
+  });
+  return partials;
+}
+
+}  // namespace
+
+QUANTEXT_REGISTER_KERNEL(uniform_forward_kernel, CUDA, &forward);
+QUANTEXT_REGISTER_KERNEL(uniform_backward_kernel, CUDA, &backward);
+
+}  // namespace cuda
+}  // namespace quantext
