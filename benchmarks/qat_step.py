@@ -7,7 +7,15 @@ are timed round-robin (one step each per round) so that machine noise hits
 them alike; the table shows medians after warm-up and the ratio to FP32
 (> 1: slower than FP32).
 
-    python benchmarks/qat_step.py [--quick] [--device cpu|cuda]
+Compiled rows: FP32, quantext W8A8 and torch.ao QAT with the model under
+``torch.compile`` (inductor; the loss, backward and optimizer step eager), their
+ratio taken to the compiled FP32 step. "first step" is the first call (it
+includes the compilation); "recompiles" counts graphs compiled in the later
+steps (0: the first compilation is reused, see docs/compile.md). Compiling
+takes minutes on a small CPU, so ``--quick`` leaves the compiled rows out
+unless ``--compile`` is given.
+
+    python benchmarks/qat_step.py [--quick] [--device cpu|cuda] [--batch N] [--size S] [--[no-]compile]
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ import time
 from typing import Callable
 
 import torch
+import torch._dynamo
 import torchvision
 from torch import nn
 
@@ -38,8 +47,12 @@ def quantext_qconfig(bits: int) -> QConfig:
                    activation=QuantSpec(bits=bits, calibration="max"))
 
 
-def models(x: torch.Tensor) -> dict[str, nn.Module]:
-    """The configurations, each a fresh ResNet-18 with the same initial weights."""
+COMPILED = " (compiled)"
+
+
+def models(x: torch.Tensor, compile: bool = True) -> dict[str, nn.Module]:
+    """The configurations, each a fresh ResNet-18 with the same initial weights;
+    with ``compile``, also FP32, quantext W8A8 and torch.ao under ``torch.compile``."""
     from torch.ao.quantization import get_default_qat_qconfig_mapping  # noqa: PLC0415
     from torch.ao.quantization.quantize_fx import prepare_qat_fx  # noqa: PLC0415
 
@@ -51,57 +64,93 @@ def models(x: torch.Tensor) -> dict[str, nn.Module]:
         model = qx.prepare_qat(resnet(), quantext_qconfig(bits), example_inputs=(x,), bn_stats=bn_stats)
         return qx.calibrate(model, [x], progress=False)
 
-    return {
+    def torch_ao() -> nn.Module:
+        return prepare_qat_fx(resnet().train(), get_default_qat_qconfig_mapping("fbgemm"), (x,))
+
+    configs = {
         "FP32": resnet(),
         "quantext W8A8": quantext(8),
         "quantext W4A4": quantext(4),
         "quantext W8A8, bn_stats=approx": quantext(8, "approx"),
-        "torch.ao QAT (fbgemm)": prepare_qat_fx(resnet().train(), get_default_qat_qconfig_mapping("fbgemm"), (x,)),
+        "torch.ao QAT (fbgemm)": torch_ao(),
     }
+    if compile:
+        compiled = {"FP32": resnet, "quantext W8A8": lambda: quantext(8), "torch.ao QAT (fbgemm)": torch_ao}
+        configs.update({name + COMPILED: make() for name, make in compiled.items()})
+    return configs
 
 
-def train_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Callable[[], None]:
+def train_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, compile: bool = False) -> Callable[[], None]:
     model.train()
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    forward = torch.compile(model, backend="inductor") if compile else model
 
     def step() -> None:
         opt.zero_grad(set_to_none=True)
-        nn.functional.cross_entropy(model(x), y).backward()
+        nn.functional.cross_entropy(forward(x), y).backward()
         opt.step()
 
     return step
 
 
-def run(quick: bool, device: str = "cpu", batch: int = BATCH, size: int = SIZE) -> str:
-    """Times every configuration; returns the Markdown report."""
+def _graphs_compiled() -> int:
+    """Graphs Dynamo has compiled in this process."""
+    return torch._dynamo.utils.counters["stats"]["unique_graphs"]
+
+
+def run(quick: bool, device: str = "cpu", batch: int = BATCH, size: int = SIZE, compile: bool | None = None) -> str:
+    """Times every configuration (the compiled ones with ``compile``, by default
+    unless ``quick``); returns the Markdown report."""
+    compile = not quick if compile is None else compile
     x = torch.randn(batch, 3, size, size, device=device)
     y = torch.randint(0, 10, (batch,), device=device)
-    steps = {name: train_step(m, x, y) for name, m in models(x).items()}
+    torch._dynamo.reset()
+    steps = {name: train_step(m, x, y, name.endswith(COMPILED)) for name, m in models(x, compile).items()}
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     warmup, repeats = (2, 7) if quick else (3, 21)
     times: dict[str, list[float]] = {name: [] for name in steps}
+    first: dict[str, float] = {}
+    recompiles = dict.fromkeys(steps, 0)
     for r in range(warmup + repeats):
         for name, step in steps.items():
+            graphs = _graphs_compiled()
             sync()
             t0 = time.perf_counter()
             step()
             sync()
+            elapsed = time.perf_counter() - t0
+            if r == 0:
+                first[name] = elapsed
+            else:
+                recompiles[name] += _graphs_compiled() - graphs
             if r >= warmup:
-                times[name].append(time.perf_counter() - t0)
+                times[name].append(elapsed)
     medians = {name: statistics.median(t) for name, t in times.items()}
-    base = medians["FP32"]
-    rows = [[name, f"{1e3 * t:.1f}", f"{t / base:.2f}"] for name, t in medians.items()]
+    rows = []
+    for name, t in medians.items():
+        compiled = name.endswith(COMPILED)
+        base = medians["FP32" + COMPILED if compiled else "FP32"]
+        rows.append([name, f"{1e3 * t:.1f}", f"{t / base:.2f}"])
+        if compile:
+            rows[-1] += [f"{first[name]:.1f}", str(recompiles[name])] if compiled else ["", ""]
+    header = ["configuration", "step (ms)", "time / FP32"] + (["first step (s)", "recompiles"] if compile else [])
+    note = (" Compiled rows: the model under torch.compile (inductor), the ratio to the compiled FP32 step."
+            if compile else "")
     return (f"### QAT training step, ResNet-18, batch {batch} at {size}x{size}, {device}\n\n"
-            f"{machine()}; median of {repeats} steps after {warmup} warm-up rounds, configurations interleaved.\n\n"
-            + markdown_table(["configuration", "step (ms)", "time / FP32"], rows))
+            f"{machine()}; median of {repeats} steps after {warmup} warm-up rounds, configurations interleaved."
+            f"{note}\n\n" + markdown_table(header, rows))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--batch", type=int, default=BATCH)
+    parser.add_argument("--size", type=int, default=SIZE)
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                        help="add the torch.compile rows (default: on, off with --quick)")
     args = parser.parse_args()
-    print(run(args.quick, args.device))
+    print(run(args.quick, args.device, args.batch, args.size, args.compile))
 
 
 if __name__ == "__main__":

@@ -1,10 +1,16 @@
 """Uniform fake quantization vs ATen's fake-quant ops on the same tensors.
 
 Prints, per size: quantext time, ATen time, the ratio ATen/quantext (> 1 means
-quantext is faster) and quantext's achieved bandwidth (the bytes that must
-move: x in + y out forward; plus dy in + dx out backward). The smallest size
+quantext is faster), the bytes per element each design moves and quantext's
+achieved bandwidth over them. Forward: x in, y out, and ATen's 1-byte mask
+(its forward always writes it). Forward+backward with fixed parameters: ATen
+reads the byte mask back with dy and writes dx (18 B per float32 element);
+quantext saves a bit-packed mask instead of x (16.25 B). LSQ+ needs x in the
+backward in both (20 B, a lower bound for ATen's composition). The smallest size
 (128 elements) measures the per-call overhead: argument and value checks,
-dispatch, autograd.
+dispatch, autograd; there a module-path row also times a calibrated
+``qx.nn.Quantizer`` (per tensor, 8-bit) against the same ATen op, i.e. what a
+QAT layer pays per quantizer call.
 
     python benchmarks/uniform.py [--quick] [--full]
 """
@@ -27,7 +33,7 @@ OVERHEAD_SIZE = 128  # elements: the call costs more than the arithmetic
 
 
 def cases(n: int, device: str):
-    """(name, quantext fn, ATen fn, bytes that must move) for n elements."""
+    """(name, quantext fn, ATen fn, quantext bytes, ATen bytes) per element, for n elements."""
     x = torch.randn(CHANNELS, n // CHANNELS, device=device) * 3
     g = torch.randn_like(x)
     s1, z1 = torch.tensor([0.02], device=device), torch.tensor([3], dtype=torch.int32, device=device)
@@ -36,7 +42,8 @@ def cases(n: int, device: str):
     xg = x.clone().requires_grad_()
     sl = torch.tensor([0.02], device=device, requires_grad=True)
     zl = torch.tensor([3.0], device=device, requires_grad=True)
-    nbytes = x.numel() * x.element_size()
+    e = x.element_size()
+    fwd_bytes, masked_bytes = (2 * e, 2 * e + 1), (4 * e + 0.25, 4 * e + 2)
 
     def fwd_bwd(f):
         def run():
@@ -45,29 +52,35 @@ def cases(n: int, device: str):
         return run
 
     with torch.no_grad():
+        if n == OVERHEAD_SIZE:
+            quantizer = qx.nn.Quantizer(qx.QuantSpec(bits=8)).to(device).set_qparams(scale=torch.tensor(0.02))
+            yield ("Quantizer module, per-tensor fwd", lambda: quantizer(x),
+                   lambda: torch.fake_quantize_per_tensor_affine(x, 0.02, 0, -128, 127), *fwd_bytes)
         yield ("per-tensor fwd", lambda: qx.fake_quant_uniform(x, s1, z1, -128, 127),
-               lambda: torch.fake_quantize_per_tensor_affine(x, 0.02, 3, -128, 127), 2 * nbytes)
+               lambda: torch.fake_quantize_per_tensor_affine(x, 0.02, 3, -128, 127), *fwd_bytes)
         yield ("per-channel fwd", lambda: qx.fake_quant_uniform(x, sc, zc, -128, 127, axis=0),
-               lambda: torch.fake_quantize_per_channel_affine(x, sc, zc, 0, -128, 127), 2 * nbytes)
+               lambda: torch.fake_quantize_per_channel_affine(x, sc, zc, 0, -128, 127), *fwd_bytes)
     yield ("per-tensor fwd+bwd", fwd_bwd(lambda: qx.fake_quant_uniform(xg, s1, z1, -128, 127)),
-           fwd_bwd(lambda: torch.fake_quantize_per_tensor_affine(xg, 0.02, 3, -128, 127)), 4 * nbytes)
+           fwd_bwd(lambda: torch.fake_quantize_per_tensor_affine(xg, 0.02, 3, -128, 127)), *masked_bytes)
     yield ("per-channel fwd+bwd", fwd_bwd(lambda: qx.fake_quant_uniform(xg, sc, zc, -128, 127, axis=0)),
-           fwd_bwd(lambda: torch.fake_quantize_per_channel_affine(xg, sc, zc, 0, -128, 127)), 4 * nbytes)
+           fwd_bwd(lambda: torch.fake_quantize_per_channel_affine(xg, sc, zc, 0, -128, 127)), *masked_bytes)
     yield ("LSQ+ per-tensor fwd+bwd",
            fwd_bwd(lambda: qx.fake_quant_uniform(xg, sl, zl, 0, 255, grad_factor=0.01)),
-           fwd_bwd(lambda: torch._fake_quantize_learnable_per_tensor_affine(xg, sl, zl, 0, 255, 0.01)), 4 * nbytes)
+           fwd_bwd(lambda: torch._fake_quantize_learnable_per_tensor_affine(xg, sl, zl, 0, 255, 0.01)), 5 * e, 5 * e)
 
 
 def run(quick: bool = False, full: bool = False, device: str = "cpu") -> str:
     rows = []
     for n in [OVERHEAD_SIZE] + sizes(quick, full):
         n -= n % CHANNELS
-        for name, ours, aten, nbytes in cases(n, device):
+        for name, ours, aten, ours_bytes, aten_bytes in cases(n, device):
             repeats = 30 if n <= 10**6 else 7
             t_ours = median_seconds(ours, repeats=repeats)
             t_aten = median_seconds(aten, repeats=repeats)
-            rows.append([name, f"{n:.0e}" if n >= 1000 else str(n), t_ours * 1e6, t_aten * 1e6, t_aten / t_ours, nbytes / t_ours / 1e9])
-    table = markdown_table(["op", "elements", "quantext µs", "ATen µs", "ATen/quantext", "quantext GB/s"], rows)
+            rows.append([name, f"{n:.0e}" if n >= 1000 else str(n), t_ours * 1e6, t_aten * 1e6, t_aten / t_ours,
+                         f"{ours_bytes:g}", f"{aten_bytes:g}", ours_bytes * n / t_ours / 1e9])
+    table = markdown_table(["op", "elements", "quantext µs", "ATen µs", "ATen/quantext", "quantext B/elem",
+                            "ATen B/elem", "quantext GB/s"], rows)
     return f"Uniform fake quant ({device}; {machine()})\n\n{table}\n"
 
 

@@ -4,6 +4,7 @@
 // tensor (cpu/scaled_table.h), multi-threaded over the items of the
 // RunLayout.
 #include <array>
+#include <cstdint>
 #include <memory>
 #include <utility>
 
@@ -61,6 +62,19 @@ void forward(const LevelArgs& a, at::Tensor& y) {
   });
 }
 
+void forward_masked(const LevelArgs& a, at::Tensor& y, at::Tensor& mask) {
+  auto* words = reinterpret_cast<uint32_t*>(mask.mutable_data_ptr<int32_t>());
+  for_each_level_item(a, [&](auto tag, auto search, const auto& grid, int64_t, int64_t begin, int64_t len, auto s) {
+    using scalar_t = decltype(tag);
+    using S = decltype(search);
+    MaskWriter bits(words, begin, len);
+    map_run_masked<decltype(s)>(a.c.x.const_data_ptr<scalar_t>() + begin, y.mutable_data_ptr<scalar_t>() + begin,
+                                len, bits, [&]<typename P>(typename P::V v) {
+                                  return math::levels_forward_masked<P, S>(v, P::splat(s), grid);
+                                });
+  });
+}
+
 at::Tensor backward(const LevelArgs& a, const at::Tensor& dy, at::Tensor& dx, bool alpha_grad) {
   at::Tensor partials = at::empty({alpha_grad ? 1 : 0, a.c.layout.num_items()}, a.c.x.options().dtype(at::kDouble));
   double* part = partials.mutable_data_ptr<double>();
@@ -87,6 +101,7 @@ at::Tensor backward(const LevelArgs& a, const at::Tensor& dy, at::Tensor& dx, bo
 }  // namespace
 
 QUANTEXT_REGISTER_KERNEL(level_forward_kernel, CPU, &forward);
+QUANTEXT_REGISTER_KERNEL(level_masked_kernel, CPU, &forward_masked);
 QUANTEXT_REGISTER_KERNEL(level_backward_kernel, CPU, &backward);
 
 }  // namespace cpu

@@ -2,6 +2,7 @@
 // over the scheme-math formulas (ATen's Vectorized<T>; float16/bfloat16
 // computed in float), multi-threaded over the items of the RunLayout.
 #include <array>
+#include <cstdint>
 #include <utility>
 
 #include "cpu/runs.h"
@@ -47,6 +48,19 @@ void forward(const UniformArgs& a, at::Tensor& y) {
   });
 }
 
+void forward_masked(const UniformArgs& a, at::Tensor& y, at::Tensor& mask) {
+  auto* words = reinterpret_cast<uint32_t*>(mask.mutable_data_ptr<int32_t>());
+  for_each_uniform_item(a, [&](auto tag, int64_t, int64_t begin, int64_t len, const auto& p) {
+    using scalar_t = decltype(tag);
+    using acc_t = acc_type<scalar_t>;
+    MaskWriter bits(words, begin, len);
+    map_run_masked<acc_t>(a.c.x.const_data_ptr<scalar_t>() + begin, y.mutable_data_ptr<scalar_t>() + begin, len,
+                          bits, [&]<typename P>(typename P::V v) {
+                            return math::uniform_forward_masked<P>(v, lanes<P>(p));
+                          });
+  });
+}
+
 at::Tensor backward(const UniformArgs& a, const at::Tensor& dy, at::Tensor& dx, bool param_grads) {
   const int64_t items = a.c.layout.num_items();
   at::Tensor partials = at::empty({param_grads ? 2 : 0, items}, a.c.x.options().dtype(at::kDouble));
@@ -75,6 +89,7 @@ at::Tensor backward(const UniformArgs& a, const at::Tensor& dy, at::Tensor& dx, 
 }  // namespace
 
 QUANTEXT_REGISTER_KERNEL(uniform_forward_kernel, CPU, &forward);
+QUANTEXT_REGISTER_KERNEL(uniform_masked_kernel, CPU, &forward_masked);
 QUANTEXT_REGISTER_KERNEL(uniform_backward_kernel, CPU, &backward);
 
 }  // namespace cpu

@@ -8,6 +8,7 @@
 #include <type_traits>
 
 #include "cuda/block_reduce.cuh"
+#include "cuda/clip_mask.cuh"
 #include "cuda/launch.cuh"
 #include "ops/dispatch.h"
 #include "ops/uniform.h"
@@ -27,6 +28,19 @@ __global__ void forward_kernel(const scalar_t* __restrict__ x, scalar_t* __restr
     const auto p = math::load_uniform<acc_t>(scale, zero_point, layout.param_of_element(i), qmin, qmax);
     y[i] = static_cast<scalar_t>(math::uniform_forward<Scalar<acc_t>>(static_cast<acc_t>(x[i]), p));
   }
+}
+
+// The forward with its clip mask (cuda/clip_mask.cuh).
+template <typename scalar_t, typename acc_t, typename scale_t>
+__global__ void forward_masked_kernel(const scalar_t* __restrict__ x, scalar_t* __restrict__ y,
+                                      const scale_t* __restrict__ scale, const scale_t* __restrict__ zero_point,
+                                      RunLayout layout, acc_t qmin, acc_t qmax, uint32_t* __restrict__ mask) {
+  for_each_masked(layout.numel, mask, [&](int64_t i) {
+    const auto p = math::load_uniform<acc_t>(scale, zero_point, layout.param_of_element(i), qmin, qmax);
+    const auto r = math::uniform_forward_masked<Scalar<acc_t>>(static_cast<acc_t>(x[i]), p);
+    y[i] = static_cast<scalar_t>(r.y);
+    return r.inside;
+  });
 }
 
 template <bool kParamGrads, typename scalar_t, typename acc_t, typename scale_t>
@@ -70,6 +84,20 @@ void forward(const UniformArgs& a, at::Tensor& y) {
   });
 }
 
+void forward_masked(const UniformArgs& a, at::Tensor& y, at::Tensor& mask) {
+  dispatch_types(a.c.x, a.scale, [&](auto x_tag, auto s_tag) {
+    using scalar_t = decltype(x_tag);
+    using scale_t = decltype(s_tag);
+    using acc_t = acc_type<scalar_t>;
+    forward_masked_kernel<scalar_t, acc_t, scale_t>
+        <<<grid_for(a.c.layout.numel), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+            a.c.x.const_data_ptr<scalar_t>(), y.mutable_data_ptr<scalar_t>(), a.scale.const_data_ptr<scale_t>(),
+            a.zero_point.const_data_ptr<scale_t>(), a.c.layout, acc_t(a.qmin), acc_t(a.qmax),
+            reinterpret_cast<uint32_t*>(mask.mutable_data_ptr<int32_t>()));
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+}
+
 at::Tensor backward(const UniformArgs& a, const at::Tensor& dy, at::Tensor& dx, bool param_grads) {
   const int64_t items = a.c.layout.num_items();
   const auto acc_dtype = a.c.x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
@@ -98,6 +126,7 @@ at::Tensor backward(const UniformArgs& a, const at::Tensor& dy, at::Tensor& dx, 
 }  // namespace
 
 QUANTEXT_REGISTER_KERNEL(uniform_forward_kernel, CUDA, &forward);
+QUANTEXT_REGISTER_KERNEL(uniform_masked_kernel, CUDA, &forward_masked);
 QUANTEXT_REGISTER_KERNEL(uniform_backward_kernel, CUDA, &backward);
 
 }  // namespace cuda

@@ -99,6 +99,19 @@ QTX_HOST_DEVICE V uniform_forward(V x, const UniformParams<V>& p) {
   return uniform_dequant<P>(uniform_code<P>(x, p), p);
 }
 
+// The output and whether x lies inside the grid (its clip-mask bit).
+template <typename P, typename V = typename P::V>
+struct MaskedOutput {
+  V y;
+  typename P::Mask inside;
+};
+
+template <typename P, typename V = typename P::V>
+QTX_HOST_DEVICE MaskedOutput<P> uniform_forward_masked(V x, const UniformParams<V>& p) {
+  const V q = uniform_code<P>(x, p);
+  return {uniform_dequant<P>(q, p), P::in_range(q, p.qmin, p.qmax)};
+}
+
 // Clipped straight-through gradient for x, and the per-element LSQ / LSQ+
 // contributions for scale and zero point (before the gradient factor).
 template <typename V>
@@ -345,18 +358,30 @@ decltype(auto) with_level_search(const LevelTable<T>& t, const F& f) {
   return f(LevelSearch<SearchKind::Binary>{});
 }
 
-// alpha * Q(clip(x / alpha)). NaN (the only value the clip leaves outside
-// [lo, 1]) passes through; +-inf land on the end levels.
+// alpha * Q(clip(x / alpha)), and whether x lies inside the clip range (its
+// clip-mask bit). NaN (the only value the clip leaves outside [lo, 1]) passes
+// through; +-inf land on the end levels.
 template <typename P, typename S, typename T, typename V = typename P::V>
-QTX_HOST_DEVICE V levels_forward(V x, V alpha, const LevelTable<T>& t) {
-  const auto p = level_point<P, S, false>(x / alpha, t);
-  return P::select(P::not_nan(p.clipped), p.level * alpha, p.clipped);
+QTX_HOST_DEVICE MaskedOutput<P> levels_forward_masked(V x, V alpha, const LevelTable<T>& t) {
+  const V v = x / alpha;
+  const auto p = level_point<P, S, false>(v, t);
+  return {P::select(P::not_nan(p.clipped), p.level * alpha, p.clipped), P::eq(p.clipped, v)};
 }
 
-// The same with alpha folded into s: no division.
+template <typename P, typename S, typename T, typename V = typename P::V>
+QTX_HOST_DEVICE V levels_forward(V x, V alpha, const LevelTable<T>& t) {
+  return levels_forward_masked<P, S>(x, alpha, t).y;
+}
+
+// The same with alpha folded into s: no division, the clip test on x itself.
 template <typename P, typename S, typename T, typename V = typename P::V>
 QTX_HOST_DEVICE V levels_forward(V x, V alpha, const ScaledTable<T>& s) {
   return P::select(P::not_nan(x), scaled_level<P, S>(x, s) * alpha, x);
+}
+
+template <typename P, typename S, typename T, typename V = typename P::V>
+QTX_HOST_DEVICE MaskedOutput<P> levels_forward_masked(V x, V alpha, const ScaledTable<T>& s) {
+  return {levels_forward<P, S>(x, alpha, s), P::in_range(x, P::splat(s.inside_lo), P::splat(s.inside_hi))};
 }
 
 // Clipped straight-through gradient for x and the per-element gradient for

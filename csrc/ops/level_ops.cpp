@@ -12,6 +12,7 @@
 #include <limits>
 #include <vector>
 
+#include "ops/clip_mask.h"
 #include "ops/codes.h"
 #include "ops/value_checks.h"
 #include "quantext/quantext.h"
@@ -19,6 +20,7 @@
 namespace quantext {
 
 KernelStub<LevelForwardKernel> level_forward_kernel{"quantext.fake_quant_levels"};
+KernelStub<LevelMaskedKernel> level_masked_kernel{"quantext.fake_quant_levels_masked"};
 KernelStub<LevelBackwardKernel> level_backward_kernel{"quantext.fake_quant_levels_backward"};
 
 namespace {
@@ -132,6 +134,23 @@ at::Tensor fake_quant_levels_host(const at::Tensor& x, const at::Tensor& alpha, 
   return a.c.restore(y, x);
 }
 
+std::tuple<at::Tensor, at::Tensor> fake_quant_levels_masked_host(const at::Tensor& x, const at::Tensor& alpha,
+                                                                 c10::string_view scheme, int64_t bits, bool is_signed,
+                                                                 int64_t k, c10::string_view rounding,
+                                                                 std::optional<int64_t> axis) {
+  const c10::OptionalDeviceGuard guard(at::device_of(x));
+  const auto a = prepare_levels("quantext.fake_quant_levels_masked", x, alpha, scheme, bits, is_signed, k, rounding,
+                                axis);
+  at::Tensor y = a.c.empty_out();
+  if (!has_clip_mask_order(a.c)) {
+    if (x.numel() > 0) level_forward_kernel(x.device().type())(a, y);
+    return {a.c.restore(y, x), empty_clip_mask(x)};
+  }
+  at::Tensor mask = zeroed_clip_mask(x);
+  if (x.numel() > 0) level_masked_kernel(x.device().type())(a, y, mask);
+  return {a.c.restore(y, x), mask};
+}
+
 std::tuple<at::Tensor, at::Tensor> fake_quant_levels_backward_host(const at::Tensor& grad, const at::Tensor& x,
                                                                    const at::Tensor& alpha, c10::string_view scheme,
                                                                    int64_t bits, bool is_signed, int64_t k,
@@ -153,6 +172,7 @@ std::tuple<at::Tensor, at::Tensor> fake_quant_levels_backward_host(const at::Ten
 
 void register_levels(torch::Library& m) {
   m.impl("fake_quant_levels", &fake_quant_levels_host);
+  m.impl("fake_quant_levels_masked", &fake_quant_levels_masked_host);
   m.impl("fake_quant_levels_backward", &fake_quant_levels_backward_host);
 }
 
@@ -187,6 +207,10 @@ TORCH_LIBRARY_FRAGMENT(quantext, m) {
   m.def(
       "fake_quant_levels(Tensor x, Tensor alpha, str scheme, int bits, bool signed, int k=2, "
       "str rounding=\"nearest\", int? axis=None, float grad_factor=1.0) -> Tensor");
+  // The forward with the bit-packed clip mask its backward needs (ops/clip_mask.h).
+  m.def(
+      "fake_quant_levels_masked(Tensor x, Tensor alpha, str scheme, int bits, bool signed, int k=2, "
+      "str rounding=\"nearest\", int? axis=None) -> (Tensor, Tensor)");
   m.def(
       "fake_quant_levels_backward(Tensor grad, Tensor x, Tensor alpha, str scheme, int bits, bool signed, int k, "
       "str rounding, int? axis, float grad_factor, bool alpha_grad) -> (Tensor, Tensor)");

@@ -36,7 +36,10 @@ LevelArgs prepare_levels(const char* op, const at::Tensor& x, const at::Tensor& 
 using LevelForwardKernel = void (*)(const LevelArgs& a, at::Tensor& y);
 using LevelBackwardKernel = at::Tensor (*)(const LevelArgs& a, const at::Tensor& dy, at::Tensor& dx,
                                            bool alpha_grad);
+// The same with the clip mask (math/clip_mask.h; zeroed words) written too.
+using LevelMaskedKernel = void (*)(const LevelArgs& a, at::Tensor& y, at::Tensor& mask);
 extern KernelStub<LevelForwardKernel> level_forward_kernel;
+extern KernelStub<LevelMaskedKernel> level_masked_kernel;
 extern KernelStub<LevelBackwardKernel> level_backward_kernel;
 
 // The key of a grid: what its level table depends on.

@@ -8,12 +8,14 @@
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
 
+#include "ops/clip_mask.h"
 #include "ops/value_checks.h"
 #include "quantext/quantext.h"
 
 namespace quantext {
 
 KernelStub<UniformForwardKernel> uniform_forward_kernel{"quantext.fake_quant_uniform"};
+KernelStub<UniformMaskedKernel> uniform_masked_kernel{"quantext.fake_quant_uniform_masked"};
 KernelStub<UniformBackwardKernel> uniform_backward_kernel{"quantext.fake_quant_uniform_backward"};
 
 UniformArgs prepare_uniform(const char* op, const at::Tensor& x, const at::Tensor& scale, const at::Tensor& zero_point,
@@ -48,6 +50,23 @@ at::Tensor fake_quant_uniform_host(const at::Tensor& x, const at::Tensor& scale,
   return a.c.restore(y, x);
 }
 
+std::tuple<at::Tensor, at::Tensor> fake_quant_uniform_masked_host(const at::Tensor& x, const at::Tensor& scale,
+                                                                  const at::Tensor& zero_point, int64_t qmin,
+                                                                  int64_t qmax, std::optional<int64_t> axis,
+                                                                  int64_t group_size) {
+  const char* op = "quantext.fake_quant_uniform_masked";
+  const c10::OptionalDeviceGuard guard(at::device_of(x));
+  const auto a = prepare_uniform(op, x, scale, zero_point, qmin, qmax, axis, group_size);
+  at::Tensor y = a.c.empty_out();
+  if (!has_clip_mask_order(a.c)) {
+    if (x.numel() > 0) uniform_forward_kernel(x.device().type())(a, y);
+    return {a.c.restore(y, x), empty_clip_mask(x)};
+  }
+  at::Tensor mask = zeroed_clip_mask(x);
+  if (x.numel() > 0) uniform_masked_kernel(x.device().type())(a, y, mask);
+  return {a.c.restore(y, x), mask};
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> fake_quant_uniform_backward_host(
     const at::Tensor& grad, const at::Tensor& x, const at::Tensor& scale, const at::Tensor& zero_point, int64_t qmin,
     int64_t qmax, std::optional<int64_t> axis, int64_t group_size, double grad_factor, bool param_grads) {
@@ -67,6 +86,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fake_quant_uniform_backward_host(
 
 void register_uniform(torch::Library& m) {
   m.impl("fake_quant_uniform", &fake_quant_uniform_host);
+  m.impl("fake_quant_uniform_masked", &fake_quant_uniform_masked_host);
   m.impl("fake_quant_uniform_backward", &fake_quant_uniform_backward_host);
 }
 
@@ -93,6 +113,10 @@ TORCH_LIBRARY_FRAGMENT(quantext, m) {
   m.def(
       "fake_quant_uniform(Tensor x, Tensor scale, Tensor zero_point, int qmin, int qmax, int? axis=None, "
       "int group_size=0, float grad_factor=1.0) -> Tensor");
+  // The forward with the bit-packed clip mask its backward needs (ops/clip_mask.h).
+  m.def(
+      "fake_quant_uniform_masked(Tensor x, Tensor scale, Tensor zero_point, int qmin, int qmax, int? axis=None, "
+      "int group_size=0) -> (Tensor, Tensor)");
   m.def(
       "fake_quant_uniform_backward(Tensor grad, Tensor x, Tensor scale, Tensor zero_point, int qmin, int qmax, "
       "int? axis, int group_size, float grad_factor, bool param_grads) -> (Tensor, Tensor, Tensor)");

@@ -30,7 +30,10 @@ using UniformForwardKernel = void (*)(const UniformArgs& a, at::Tensor& y);
 // gradients (in the backend's accumulation dtype) for Canonical::reduce_items.
 using UniformBackwardKernel = at::Tensor (*)(const UniformArgs& a, const at::Tensor& dy, at::Tensor& dx,
                                              bool param_grads);
+// The same with the clip mask (math/clip_mask.h; zeroed words) written too.
+using UniformMaskedKernel = void (*)(const UniformArgs& a, at::Tensor& y, at::Tensor& mask);
 extern KernelStub<UniformForwardKernel> uniform_forward_kernel;
+extern KernelStub<UniformMaskedKernel> uniform_masked_kernel;
 extern KernelStub<UniformBackwardKernel> uniform_backward_kernel;
 
 }  // namespace quantext

@@ -10,11 +10,15 @@ import torch
 
 from . import _C
 from ._ops import ops
+from .spec import UNIFORM_BITS, grid_bounds
 
 
 def int_arg(name: str, value: Any) -> int:
-    """``value`` as an int (anything with ``__index__``); a float or a string is a
-    TypeError naming the argument instead of being truncated."""
+    """``value`` as an int (anything with ``__index__``); a float, a string or a
+    bool (``qmin=True``) is a TypeError naming the argument instead of being
+    truncated or read as 1."""
+    if isinstance(value, bool):
+        raise TypeError(f"{name} must be an int, got {value!r}")
     try:
         return operator.index(value)
     except TypeError:
@@ -29,23 +33,37 @@ def bool_arg(name: str, value: Any) -> bool:
     raise TypeError(f"{name} must be a bool, got {value!r}")
 
 
+def tensor_arg(name: str, value: Any) -> torch.Tensor:
+    """``value`` if it is a real tensor; a TypeError naming the argument otherwise
+    (a list, a number where a tensor is needed, a complex tensor)."""
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+    if value.is_complex():
+        raise TypeError(f"{name} must be a real tensor, got {value.dtype} (the imaginary part would be dropped)")
+    return value
+
+
 def _grad_factor(value: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"grad_factor must be a number, got {value!r}")
     value = float(value)
     if not math.isfinite(value):
         raise ValueError(f"grad_factor must be finite, got {value}")
     return value
 
 
-# A pure function of Python scalars: dynamo evaluates it while tracing instead
-# of breaking the graph at the native call.
-@torch.compiler.assume_constant_result
 def uniform_bounds(bits: int, signed: bool, narrow_range: bool = False) -> tuple[int, int]:
     """Integer range ``(qmin, qmax)`` of a ``bits``-wide uniform grid (2..16 bits).
 
-    Signed: ``[-2^(b-1), 2^(b-1)-1]`` (narrow: ``-2^(b-1)+1``); unsigned: ``[0, 2^b-1]``.
+    Signed: ``[-2^(b-1), 2^(b-1)-1]`` (narrow: ``-2^(b-1)+1``); unsigned: ``[0, 2^b-1]``
+    (narrow: ``[1, 2^b-1]``). A :class:`~quantext.QuantSpec` holds its own as ``spec.bounds``.
     """
-    return tuple(_C.uniform_bounds(int_arg("bits", bits), bool_arg("signed", signed),
-                                   bool_arg("narrow_range", narrow_range)))
+    bits = int(int_arg("bits", bits))
+    signed, narrow_range = bool_arg("signed", signed), bool_arg("narrow_range", narrow_range)
+    lo, hi = UNIFORM_BITS
+    if not lo <= bits <= hi:
+        raise ValueError(f"quantext.uniform_bounds: bits must be in [{lo}, {hi}], got {bits}")
+    return grid_bounds(bits, signed, narrow_range)
 
 
 def set_value_checks(enabled: bool) -> None:
@@ -93,6 +111,7 @@ def fake_quant_uniform(
             sharing one scale.
         grad_factor: multiplies the scale/zero-point gradients (LSQ's ``g``), finite.
     """
+    x, scale, zero_point = tensor_arg("x", x), tensor_arg("scale", scale), tensor_arg("zero_point", zero_point)
     return ops.fake_quant_uniform(x, scale, zero_point, int_arg("qmin", qmin), int_arg("qmax", qmax),
                                   None if axis is None else int_arg("axis", axis), int_arg("group_size", group_size),
                                   _grad_factor(grad_factor))
@@ -137,6 +156,11 @@ def fake_quant_levels(
         axis: ``None`` per tensor, else the channel axis of ``alpha``.
         grad_factor: multiplies the gradient of ``alpha``, finite.
     """
+    x, alpha = tensor_arg("x", x), tensor_arg("alpha", alpha)
+    if not isinstance(scheme, str):
+        raise TypeError(f"scheme must be a str, got {scheme!r}")
+    if not isinstance(rounding, str):
+        raise TypeError(f"rounding must be a str, got {rounding!r}")
     return ops.fake_quant_levels(x, alpha, scheme, int_arg("bits", bits), bool_arg("signed", signed), int_arg("k", k),
                                  rounding,
                                  None if axis is None else int_arg("axis", axis), _grad_factor(grad_factor))

@@ -73,8 +73,27 @@ def prepare_qat(model: nn.Module, qconfig: QConfig, example_inputs: tuple | torc
         raise ValueError(f"first_last_bits must be an int, 'float' or None, got {first_last_bits!r}")
     if isinstance(example_inputs, torch.Tensor):
         example_inputs = (example_inputs,)
+    if example_inputs is not None and not isinstance(example_inputs, (tuple, list)):
+        raise TypeError(f"example_inputs must be a tensor, a tuple of inputs or None, got "
+                        f"{type(example_inputs).__name__}")
+    prepared_already = [name or type(model).__name__ for name, m in model.named_modules()
+                        if isinstance(m, _QAT_MODULES)]
+    if prepared_already:
+        raise ValueError(f"prepare_qat: the model is already prepared (it holds quantext QAT modules: "
+                         f"{prepared_already[:5]}{' ...' if len(prepared_already) > 5 else ''}); call prepare_qat "
+                         "on the float model (a second call, with this or another qconfig, would change nothing)")
     # One name or type on its own: tuple("layer1") would skip the modules "l", "a", ...
-    skipped = _skip_predicate((skip,) if isinstance(skip, (str, type)) else tuple(skip))
+    if isinstance(skip, (str, type)):
+        skip = (skip,)
+    elif isinstance(skip, nn.Module) or not isinstance(skip, Iterable):
+        raise TypeError(f"skip must be a module name, a module type or an iterable of them, got {skip!r}")
+    skip = tuple(skip)
+    skipped = _skip_predicate(skip)
+    names = {name for name, _ in model.named_modules()}
+    unknown = [s for s in skip if isinstance(s, str) and s not in names]
+    if unknown:
+        raise ValueError(f"prepare_qat: skip names no module of {type(model).__name__}: {unknown} "
+                         f"(qualified names look like {sorted(n for n in names if n)[:4]})")
     if not inplace:
         model = copy.deepcopy(model)
     options = {"freeze_bn_after": freeze_bn_after, "bn_stats": bn_stats}
@@ -195,8 +214,14 @@ def _prepare_graph(gm: fx.GraphModule, qconfig: QConfig, skipped, first_last_bit
         users = list(node.users)
         return users[0] if len(users) == 1 else None
 
-    layer_nodes = [n for n in gm.graph.nodes if n.op == "call_module" and _quantizable(modules[n.target])
-                   and calls[n.target] == 1 and not skipped(n.target, modules[n.target])]
+    # A layer called more than once (self.c(F.relu(self.c(x)))) is quantized once (its one
+    # input quantizer observes every call's input); it is never BN-fused, which needs one call.
+    layer_nodes, seen = [], set()
+    for n in gm.graph.nodes:
+        if n.op == "call_module" and n.target not in seen and _quantizable(modules[n.target]) \
+                and not skipped(n.target, modules[n.target]):
+            seen.add(n.target)
+            layer_nodes.append(n)
     config_for = _qconfig_for([n.target for n in layer_nodes], qconfig, first_last_bits)
     absorbed_modules: set[str] = set()
     for node in layer_nodes:
@@ -204,6 +229,9 @@ def _prepare_graph(gm: fx.GraphModule, qconfig: QConfig, skipped, first_last_bit
         if layer_config is None:
             continue
         conv = modules[node.target]
+        if calls[node.target] > 1:
+            set_module(gm, node.target, _quant_layer(conv, layer_config))
+            continue
         bn_node = single_user(node)
         bn = module_of(bn_node) if bn_node is not None else None
         if bn is None or calls[bn_node.target] != 1 or not _foldable_bn(conv, bn) or skipped(bn_node.target, bn):
@@ -250,6 +278,17 @@ def _propagate_shapes(gm: fx.GraphModule, example_inputs: tuple) -> None:
     gm.eval()
     try:
         ShapeProp(gm).propagate(*example_inputs)
+    except Exception as err:  # noqa: BLE001 (ShapeProp wraps the cause: report the cause itself)
+        cause = err
+        while cause.__cause__ is not None:
+            cause = cause.__cause__
+        node = getattr(err, "args", [""])[0]
+        where = ""
+        if isinstance(node, str) and "While executing" in node:
+            where = " at " + node.split("While executing", 1)[1].splitlines()[0].strip()
+        shapes = [tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__ for t in example_inputs]
+        raise ValueError(f"prepare_qat: the model cannot run on example_inputs {shapes}{where}: "
+                         f"{type(cause).__name__}: {cause}") from cause
     finally:
         for m, mode in modes.items():
             m.training = mode

@@ -1,6 +1,11 @@
 """Spec-driven quantization for every scheme: level tables, fake quantization
-and integer codes (:func:`fake_quant`, :func:`quantize`, :func:`dequantize`),
-plus the fake implementations of the level and code ops.
+and integer codes (:func:`fake_quant`, :func:`quantize`, :func:`dequantize`).
+
+These are the one path from a :class:`QuantSpec` to the ops (``qx.nn.Quantizer``
+goes through :func:`fake_quant` too): the constants an op takes (integer range,
+parameter axis, group size, level-table arguments) come from the spec, which
+validated and derived them when it was created, so a call passes them to
+``torch.ops.quantext.*`` unchecked.
 
 Integer codes:
 
@@ -19,76 +24,22 @@ input bit for bit (a float64 input needs a float64 scale/alpha for that).
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
-from ._ops import check_same_device, ops
-from .functional import (bool_arg, fake_quant_levels, fake_quant_uniform, int_arg, lsq_grad_factor, uniform_bounds,
-                         weight_normalize)
+from ._ops import ops
+from .functional import bool_arg, int_arg, lsq_grad_factor, tensor_arg, weight_normalize
 from .spec import QuantSpec
 
-
-def _magnitude_bits(bits: int, signed: bool) -> int:
-    return bits - 1 if signed else bits
-
-
-def _uniform_code_dtype(qmin: int, qmax: int) -> torch.dtype:
-    if qmin >= -128 and qmax <= 127:
-        return torch.int8
-    if qmin >= 0 and qmax <= 255:
-        return torch.uint8
-    if qmin >= -32768 and qmax <= 32767:
-        return torch.int16
-    return torch.int32
+_FAKE_QUANT_UNIFORM = ops.fake_quant_uniform.default
+_FAKE_QUANT_LEVELS = ops.fake_quant_levels.default
 
 
-# Every grid has exactly 2^B distinct magnitudes (the C++ builder asserts it).
-@torch.library.register_fake("quantext::levels")
-def _levels_fake(scheme, bits, signed, k=2):
-    b = _magnitude_bits(bits, signed)
-    return torch.empty(2 ** (b + 1) - 1 if signed else 2 ** b, dtype=torch.float64)
-
-
-@torch.library.register_fake("quantext::apot_decode_table")
-def _apot_decode_table_fake(bits, signed, k=2):
-    b = _magnitude_bits(bits, signed)
-    return torch.empty(2 ** b, -(-b // k), dtype=torch.int64)
-
-
-@torch.library.register_fake("quantext::fake_quant_levels")
-def _fake_quant_levels_fake(x, alpha, scheme, bits, signed, k=2, rounding="nearest", axis=None, grad_factor=1.0):
-    check_same_device("fake_quant_levels", x, alpha=alpha)
-    return torch.empty_like(x)
-
-
-@torch.library.register_fake("quantext::fake_quant_levels_backward")
-def _fake_quant_levels_backward_fake(grad, x, alpha, scheme, bits, signed, k, rounding, axis, grad_factor,
-                                     alpha_grad):
-    check_same_device("fake_quant_levels_backward", x, alpha=alpha, grad=grad)
-    return torch.empty_like(x), torch.empty_like(alpha)
-
-
-@torch.library.register_fake("quantext::quantize_uniform")
-def _quantize_uniform_fake(x, scale, zero_point, qmin, qmax, axis=None, group_size=0):
-    check_same_device("quantize_uniform", x, scale=scale, zero_point=zero_point)
-    return torch.empty_like(x, dtype=_uniform_code_dtype(qmin, qmax))
-
-
-@torch.library.register_fake("quantext::dequantize_uniform")
-def _dequantize_uniform_fake(codes, scale, zero_point, axis=None, group_size=0):
-    check_same_device("dequantize_uniform", codes, scale=scale, zero_point=zero_point)
-    return torch.empty_like(codes, dtype=scale.dtype)
-
-
-@torch.library.register_fake("quantext::quantize_levels")
-def _quantize_levels_fake(x, alpha, scheme, bits, signed, k=2, rounding="nearest", axis=None):
-    check_same_device("quantize_levels", x, alpha=alpha)
-    return torch.empty_like(x, dtype=torch.int8 if signed else torch.uint8)
-
-
-@torch.library.register_fake("quantext::dequantize_levels")
-def _dequantize_levels_fake(codes, alpha, scheme, bits, signed, k=2, axis=None):
-    check_same_device("dequantize_levels", codes, alpha=alpha)
-    return torch.empty_like(codes, dtype=alpha.dtype)
+def _scheme_arg(scheme: Any) -> str:
+    if not isinstance(scheme, str):
+        raise TypeError(f"scheme must be a str ('pot' or 'apot'), got {scheme!r}")
+    return scheme
 
 
 def levels(scheme: str, bits: int, signed: bool = True, k: int = 2) -> torch.Tensor:
@@ -100,7 +51,7 @@ def levels(scheme: str, bits: int, signed: bool = True, k: int = 2) -> torch.Ten
     one value per additive term, normalized by the largest sum (see
     :func:`apot_decode_table`).
     """
-    return ops.levels(scheme, int_arg("bits", bits), bool_arg("signed", signed), int_arg("k", k))
+    return ops.levels(_scheme_arg(scheme), int_arg("bits", bits), bool_arg("signed", signed), int_arg("k", k))
 
 
 def apot_decode_table(bits: int, signed: bool = True, k: int = 2) -> torch.Tensor:
@@ -125,7 +76,7 @@ def _param(value: torch.Tensor | float | None, name: str, spec: QuantSpec, x: to
     if value is None:
         raise ValueError(f"{name} is required for scheme={spec.scheme!r}")
     if isinstance(value, torch.Tensor):
-        return value
+        return tensor_arg(name, value)
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return torch.tensor(float(value), dtype=torch.float32, device=x.device)
     raise TypeError(f"{name} must be a tensor or a number, got {type(value).__name__}")
@@ -142,16 +93,29 @@ def _check_spec(spec: QuantSpec) -> None:
         raise TypeError(f"spec must be a QuantSpec, got {type(spec).__name__}")
 
 
-def _uniform_params(x: torch.Tensor, spec: QuantSpec, scale, zero_point, alpha):
+def _readable(t: torch.Tensor) -> bool:
+    """Checking values of ``t`` costs no device sync (CPU tensors; meta has no values)."""
+    return t.device.type == "cpu"
+
+
+def _uniform_params(x: torch.Tensor, spec: QuantSpec, scale, zero_point, alpha,
+                    checked: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     _check_unused(spec, alpha=alpha)
     s = _param(scale, "scale", spec, x)
     if zero_point is None:
         if not spec.symmetric:
             raise ValueError("zero_point is required for an asymmetric spec (symmetric=False)")
-        zero_point = torch.zeros(s.shape, dtype=torch.int32, device=s.device)
-    elif not isinstance(zero_point, torch.Tensor):
+        return s, torch.zeros(s.shape, dtype=torch.int32, device=s.device)
+    if not isinstance(zero_point, torch.Tensor):
         zero_point = torch.tensor(int_arg("zero_point", zero_point), dtype=torch.int32, device=s.device)
-    return s, zero_point, spec.per_channel_axis, spec.group_size or 0
+    else:
+        zero_point = tensor_arg("zero_point", zero_point)
+    # A symmetric grid has its zero at code 0: another zero point would shift it silently.
+    # (Checked where it costs no device sync; the Quantizer module validates its own in set_qparams.)
+    if checked and spec.symmetric and _readable(zero_point) and bool((zero_point != 0).any()):
+        raise ValueError(f"zero_point must be 0 for a symmetric spec (symmetric=True), got {zero_point.tolist()}; "
+                         "use symmetric=False for an affine grid")
+    return s, zero_point
 
 
 def _levels_alpha(x: torch.Tensor, spec: QuantSpec, scale, zero_point, alpha) -> torch.Tensor:
@@ -169,23 +133,30 @@ def fake_quant(x: torch.Tensor, spec: QuantSpec, scale: torch.Tensor | float | N
     """Fake-quantize ``x`` as ``spec`` describes (autograd-aware).
 
     Uniform takes ``scale`` (and ``zero_point``, zero when omitted for a
-    symmetric spec), bounds from :func:`quantext.uniform_bounds`, and with
-    ``spec.learnable`` the LSQ gradient factor ``1/sqrt(n * qmax)`` for the
-    ``n`` elements sharing each scale. PoT/APoT take the clipping value
+    symmetric spec), bounds ``spec.bounds`` (:func:`quantext.uniform_bounds`),
+    and with ``spec.learnable`` the LSQ gradient factor ``1/sqrt(n * qmax)``
+    for the ``n`` elements sharing each scale. PoT/APoT take the clipping value
     ``alpha`` (see :func:`quantext.functional.fake_quant_levels`); with
     ``spec.weight_norm`` the input is first normalized by
     :func:`quantext.functional.weight_normalize` (per ``spec.axis`` when per
     channel). Numbers are accepted for per-tensor parameters.
     """
     _check_spec(spec)
+    x = tensor_arg("x", x)
+    return _fake_quant(x, spec, scale, zero_point, alpha, checked=True)
+
+
+def _fake_quant(x: torch.Tensor, spec: QuantSpec, scale=None, zero_point=None, alpha=None,
+                checked: bool = False) -> torch.Tensor:
+    """:func:`fake_quant` without the argument checks the Quantizer module has made once (its forward)."""
     if spec.scheme == "uniform":
-        s, z, axis, group_size = _uniform_params(x, spec, scale, zero_point, alpha)
-        qmin, qmax = uniform_bounds(spec.bits, spec.signed, spec.narrow_range)
+        s, z = _uniform_params(x, spec, scale, zero_point, alpha, checked)
+        qmin, qmax = spec.bounds
         factor = lsq_grad_factor(x.numel() // max(s.numel(), 1), qmax) if spec.learnable else 1.0
-        return fake_quant_uniform(x, s, z, qmin, qmax, axis, group_size, factor)
+        return _FAKE_QUANT_UNIFORM(x, s, z, qmin, qmax, spec.per_channel_axis, spec.group_size or 0, factor)
     a = _levels_alpha(x, spec, scale, zero_point, alpha)
-    return fake_quant_levels(_normalized(x, spec), a, spec.scheme, spec.bits, spec.signed, spec.k, spec.rounding,
-                             spec.per_channel_axis)
+    return _FAKE_QUANT_LEVELS(_normalized(x, spec), a, spec.scheme, spec.bits, spec.signed, spec.k, spec.rounding,
+                              spec.per_channel_axis, 1.0)
 
 
 def quantize(x: torch.Tensor, spec: QuantSpec, scale: torch.Tensor | float | None = None,
@@ -196,10 +167,11 @@ def quantize(x: torch.Tensor, spec: QuantSpec, scale: torch.Tensor | float | Non
     differentiable. With ``spec.weight_norm`` the codes are those of the
     normalized input."""
     _check_spec(spec)
+    x = tensor_arg("x", x)
     if spec.scheme == "uniform":
-        s, z, axis, group_size = _uniform_params(x, spec, scale, zero_point, alpha)
-        qmin, qmax = uniform_bounds(spec.bits, spec.signed, spec.narrow_range)
-        return ops.quantize_uniform(x, s, z, qmin, qmax, axis, group_size)
+        s, z = _uniform_params(x, spec, scale, zero_point, alpha)
+        qmin, qmax = spec.bounds
+        return ops.quantize_uniform(x, s, z, qmin, qmax, spec.per_channel_axis, spec.group_size or 0)
     a = _levels_alpha(x, spec, scale, zero_point, alpha)
     return ops.quantize_levels(_normalized(x, spec), a, spec.scheme, spec.bits, spec.signed, spec.k, spec.rounding,
                                spec.per_channel_axis)
@@ -209,10 +181,20 @@ def dequantize(codes: torch.Tensor, spec: QuantSpec, scale: torch.Tensor | float
                zero_point: torch.Tensor | int | None = None,
                alpha: torch.Tensor | float | None = None) -> torch.Tensor:
     """Values of integer ``codes`` under ``spec``: float32 (float64 for a
-    float64 scale/alpha)."""
+    float64 scale/alpha). Uniform codes must lie in ``spec.bounds`` (checked
+    for CPU codes; codes of another grid would decode to values the spec
+    cannot produce)."""
     _check_spec(spec)
+    codes = tensor_arg("codes", codes)
     if spec.scheme == "uniform":
-        s, z, axis, group_size = _uniform_params(codes, spec, scale, zero_point, alpha)
-        return ops.dequantize_uniform(codes, s, z, axis, group_size)
+        s, z = _uniform_params(codes, spec, scale, zero_point, alpha)
+        out = ops.dequantize_uniform(codes, s, z, spec.per_channel_axis, spec.group_size or 0)
+        qmin, qmax = spec.bounds
+        if _readable(codes) and codes.numel():
+            lo, hi = torch.aminmax(codes)
+            if bool(lo < qmin) or bool(hi > qmax):
+                raise ValueError(f"codes must lie in the spec's integer range [{qmin}, {qmax}] (bits={spec.bits}, "
+                                 f"signed={spec.signed}), got values in [{lo.item()}, {hi.item()}]")
+        return out
     a = _levels_alpha(codes, spec, scale, zero_point, alpha)
     return ops.dequantize_levels(codes, a, spec.scheme, spec.bits, spec.signed, spec.k, spec.per_channel_axis)

@@ -1,5 +1,7 @@
 """Quantizer descriptions: :class:`QuantSpec` (one tensor) and :class:`QConfig`
-(weights + activations of a layer). Both validate themselves on creation."""
+(weights + activations of a layer). Both validate themselves on creation, and a
+spec derives once the constants its op calls take (integer range, parameter
+axis)."""
 
 from __future__ import annotations
 
@@ -11,6 +13,17 @@ GRANULARITIES = ("tensor", "channel", "group")
 CALIBRATION_METHODS = ("max", "percentile", "mse", "entropy", "aciq")
 ROUNDINGS = ("nearest", "log")
 BACKENDS = ("tensorrt", "onnxruntime")
+UNIFORM_BITS = (2, 16)
+"""Widths of a uniform grid, inclusive."""
+
+
+def grid_bounds(bits: int, signed: bool, narrow_range: bool) -> tuple[int, int]:
+    """Integer range ``(qmin, qmax)`` of a ``bits``-wide uniform grid, ``bits``
+    already validated: signed ``[-2^(b-1), 2^(b-1)-1]``, unsigned ``[0, 2^b-1]``;
+    ``narrow_range`` drops the lowest value (``-2^(b-1)``, or 0 unsigned)."""
+    levels = 1 << bits
+    lo, hi = (-(levels >> 1), (levels >> 1) - 1) if signed else (0, levels - 1)
+    return lo + int(narrow_range), hi
 
 
 def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
@@ -77,7 +90,7 @@ class QuantSpec:
             _typed(name, getattr(self, name), bool)
         if isinstance(self.percentile, bool) or not isinstance(self.percentile, (int, float)):
             raise TypeError(f"percentile must be a number, got {self.percentile!r}")
-        lo, hi = (2, 16) if self.scheme == "uniform" else (1 if not self.signed else 2, 8)
+        lo, hi = UNIFORM_BITS if self.scheme == "uniform" else (1 if not self.signed else 2, 8)
         if not lo <= self.bits <= hi:
             raise ValueError(f"bits={self.bits} is out of range [{lo}, {hi}] for scheme={self.scheme!r}"
                              f"{' (signed)' if self.signed else ''}")
@@ -101,6 +114,10 @@ class QuantSpec:
             raise ValueError(f"rounding='log' is only defined for scheme='pot', got {self.scheme!r}")
         if self.weight_norm and self.scheme == "uniform":
             raise ValueError("weight_norm=True is the APoT paper's option: use scheme='pot' or 'apot'")
+        # Constants of every op call, derived once (not fields: equality and replace() ignore them).
+        bounds = grid_bounds(self.bits, self.signed, self.narrow_range) if self.scheme == "uniform" else None
+        object.__setattr__(self, "_bounds", bounds)
+        object.__setattr__(self, "_axis", None if self.granularity == "tensor" else self.axis)
 
     def replace(self, **changes) -> "QuantSpec":
         """A copy with some fields changed (validated again)."""
@@ -109,7 +126,15 @@ class QuantSpec:
     @property
     def per_channel_axis(self) -> int | None:
         """The axis of per-channel/per-group parameters, or ``None`` per tensor."""
-        return None if self.granularity == "tensor" else self.axis
+        return self._axis
+
+    @property
+    def bounds(self) -> tuple[int, int]:
+        """Integer range ``(qmin, qmax)`` of a uniform spec (see
+        :func:`quantext.uniform_bounds`); ValueError for PoT/APoT."""
+        if self._bounds is None:
+            raise ValueError(f"bounds are defined for scheme='uniform', got scheme={self.scheme!r}")
+        return self._bounds
 
 
 def default_weight_spec(bits: int = 8, scheme: str = "uniform") -> QuantSpec:

@@ -14,7 +14,7 @@ from torch import nn
 import quantext as qx
 from quantext import QConfig, QuantSpec
 from quantext.nn import Quantizer, QuantConv2d, QuantConvBn2d, param_shape
-from quantext.observers import MinMaxObserver
+from quantext.calibration import MinMaxObserver
 
 ops = torch.ops.quantext
 NAN, INF = math.nan, math.inf

@@ -171,6 +171,41 @@ def test_freeze_bn_after_steps():
     assert m.is_bn_frozen and int(m.qat_steps) == 2 and int(m.bn.num_batches_tracked) == 2
 
 
+@pytest.mark.parametrize("bn_stats", ["exact", "approx"])
+@pytest.mark.parametrize("momentum", [0.1, None])
+def test_freeze_bn_after_equals_explicit_freeze(bn_stats, momentum):
+    """freeze_bn_after=N is decided on the device (the Python flag catches up at train()/eval()):
+    before and after step N, before and after that sync, it computes what freeze_bn() at step N does."""
+    conv, bn = float_parts(bias=True, momentum=momentum)
+    scales = weight_scales(conv, bn)
+    a = ours(conv, bn, True, scales, bn_stats, freeze_bn_after=2)
+    b = ours(conv, bn, True, scales, bn_stats)
+    for k in range(7):
+        x, dy = torch.randn(4, 4, 8, 8), torch.randn(4, 6, 8, 8)
+        if k == 2:
+            b.freeze_bn()
+            assert a._get_mirrored("bn_frozen") == 0 and int(a.bn_frozen) == 1  # frozen on the device only
+        if k == 4:
+            a.train()  # a sync point
+            assert a._get_mirrored("bn_frozen") == 1
+        if k == 6:
+            a.eval(), b.eval()
+        got, want = step(a, x, dy), step(b, x, dy)
+        for i, (u, v) in enumerate(zip(got, want)):
+            torch.testing.assert_close(u, v, rtol=1e-5, atol=1e-5, msg=lambda msg: f"step {k}, item {i}: {msg}")
+    assert a.is_bn_frozen and int(a.qat_steps) == 2 == int(b.qat_steps)
+
+
+def test_is_bn_frozen_reads_the_device_flag():
+    conv, bn = float_parts(bias=False)
+    m = ours(conv, bn, False, None, freeze_bn_after=1)
+    assert not m.is_bn_frozen
+    m(torch.randn(4, 4, 8, 8))
+    assert m.is_bn_frozen and m._get_mirrored("bn_frozen") == 1
+    assert "bn_frozen=True" in repr(m)
+    assert ours(conv, bn, False, None, freeze_bn_after=0).is_bn_frozen
+
+
 @pytest.mark.parametrize("relu", [False, True])
 def test_fold_equals_frozen_forward_bit_exactly(relu):
     conv, bn = float_parts(bias=True)

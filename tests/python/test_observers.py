@@ -10,7 +10,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 import quantext as qx
-from quantext.observers import MinMaxObserver, make_observer
+from quantext.calibration import MinMaxObserver, make_observer
 from quantext.spec import CALIBRATION_METHODS, QuantSpec
 
 

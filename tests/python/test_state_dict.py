@@ -42,7 +42,10 @@ def test_resumed_training_is_bit_identical():
     want, got = reference.state_dict(), resumed.state_dict()
     assert want.keys() == got.keys()
     for key in want:
-        assert torch.equal(want[key], got[key]), key
+        if isinstance(want[key], torch.Tensor):
+            assert torch.equal(want[key], got[key]), key
+        else:  # a quantizer's saved spec (_extra_state)
+            assert want[key] == got[key], key
     assert resumed.get_submodule("stem.0").is_bn_frozen  # frozen after step 6, counted across the checkpoint
 
 

@@ -17,7 +17,8 @@ from . import op_rules, qdq_rules
 from .graph import describe
 from .module_checks import check_modules
 from .onnxruntime_rules import check_onnxruntime_rules
-from .verify import verify_onnx, write_record
+from .record import write_record
+from .verify import verify_onnx
 
 # The torch.export-based exporter translates at opset 18 and converts upwards;
 # converting down fails (no Relu 14 -> 13 adapter), so 18 is the floor.

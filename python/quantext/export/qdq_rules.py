@@ -30,7 +30,7 @@ from onnx import TensorProto, helper
 
 from . import op_rules
 from .graph import Graph, consumers, describe, module_path, producers, prune
-from .verify import QuantizerRecord
+from .record import QuantizerRecord
 
 # (ONNX type, numpy type, lowest, highest) of the integer types Q/DQ may use.
 _INT8 = (TensorProto.INT8, np.int8, -128, 127)

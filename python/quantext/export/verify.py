@@ -15,9 +15,7 @@ to float tolerance at the outputs.
 
 from __future__ import annotations
 
-import json
 import os
-from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -27,8 +25,8 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from . import op_rules
+from .record import QuantizerRecord, read_record
 
-RECORD_KEY = "quantext.quantizers"
 # Float outputs: relative tolerance, plus an absolute floor of a few float32
 # ulps of the output's largest magnitude for elements near zero (cancellation
 # in sums whose terms are far larger than the result).
@@ -38,31 +36,6 @@ ULPS = 8
 
 class VerificationError(Exception):
     """ONNX Runtime's output differs from the PyTorch model's."""
-
-
-@dataclass
-class QuantizerRecord:
-    """Where one fake-quant call of the model ended up in the ONNX graph."""
-
-    tensor: str  # the tensor holding its output
-    module: str  # the module path that called it
-    step: list[float]  # quantization step (the largest, for a level table): one value or one per index of axis
-    axis: int | None
-    uniform: bool  # outputs are multiples of ``step`` apart
-
-
-def write_record(model: onnx.ModelProto, record: dict[int, QuantizerRecord]) -> None:
-    """Stores the quantizers (by call index) in the model's metadata."""
-    entry = onnx.StringStringEntryProto(key=RECORD_KEY,
-                                        value=json.dumps({str(k): asdict(v) for k, v in record.items()}))
-    model.metadata_props.append(entry)
-
-
-def _read_record(model: onnx.ModelProto) -> dict[int, QuantizerRecord]:
-    for prop in model.metadata_props:
-        if prop.key == RECORD_KEY:
-            return {int(k): QuantizerRecord(**v) for k, v in json.loads(prop.value).items()}
-    return {}
 
 
 # Share of a quantizer's elements that may land one step apart: values that
@@ -167,7 +140,7 @@ def verify_onnx(path: str | os.PathLike, model: nn.Module, example_inputs: torch
 
     args = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
     proto = onnx.load(os.fspath(path))
-    record = _read_record(proto)
+    record = read_record(proto)
     produced = {o for node in proto.graph.node for o in node.output}
     record = {k: v for k, v in record.items() if v.tensor in produced}
     names = [o.name for o in proto.graph.output]

@@ -30,6 +30,31 @@ every forward fake-quantizes the weight folded with the *running* statistics,
 
   which is exactly the graph of :meth:`fold` (what ``quantext.convert`` and the
   ONNX export produce).
+
+State and ``torch.compile`` (see ``docs/compile.md``). The per-step state lives
+in buffers updated with tensor ops, never in Python attributes, so a compiled
+training step is traced once and not re-guarded per step: ``qat_steps`` (the
+training steps taken with batch statistics), ``bn.num_batches_tracked`` and,
+with ``momentum=None``, the cumulative-average factor ``1 / num_batches_tracked``
+(a tensor, not read on the host). ``bn_frozen`` is a buffer with a Python copy
+(a phase flag the forward branches on). ``freeze_bn_after=N`` is decided on the
+device: while it is pending, the training forward computes ``active =
+qat_steps < N`` (and not frozen) as a 0-dim tensor, selects batch or running
+statistics with ``torch.where``, leaves the running statistics and counters
+unchanged when inactive and sets the ``bn_frozen`` buffer at step ``N``. The
+result equals the frozen forward within float rounding, at the cost of the
+batch-statistics work, until the Python copy catches up at the next host round
+trip: ``train()``/``eval()``, :attr:`is_bn_frozen`, :meth:`sync_bn_state`,
+``load_state_dict`` or :meth:`freeze_bn`. From then on the forward is the frozen
+graph. What changes the compiled graph, one recompile each (a phase change
+that returns to a graph compiled before reuses it):
+
+- :meth:`freeze_bn` / ``qx.freeze_bn``, or the first sync point after
+  ``freeze_bn_after`` steps (crossing step ``N`` itself recompiles nothing);
+- ``qx.enable_quant`` / ``qx.disable_quant`` and the quantizers' ``enable``,
+  ``disable``, ``observe``; ``qx.calibrate`` leaves the flags as they were at
+  the end (fake quantization on, observers off) and runs eagerly;
+- ``train()`` / ``eval()``.
 """
 
 from __future__ import annotations
@@ -83,7 +108,9 @@ class QuantConvBn2d(MirroredStateMixin, nn.Conv2d):
         self.bn_stats = bn_stats
         self.freeze_bn_after = freeze_bn_after
         self._register_mirrored("bn_frozen", int(freeze_bn_after == 0), device=device)
-        self._register_mirrored("qat_steps", 0, torch.int64, device=device)  # training steps with batch statistics
+        # Training steps taken with batch statistics: a plain buffer, counted with tensor ops (no Python copy,
+        # which torch.compile would guard on and recompile for at every step).
+        self.register_buffer("qat_steps", torch.tensor(0, dtype=torch.int64, device=device))
 
     @classmethod
     def from_float(cls, module: nn.Sequential, qconfig: QConfig, *, freeze_bn_after: int | None = None,
@@ -110,13 +137,35 @@ class QuantConvBn2d(MirroredStateMixin, nn.Conv2d):
     # ------------------------------------------------------------- BN state
     @property
     def is_bn_frozen(self) -> bool:
-        """Whether the forward pass uses the running statistics only."""
+        """Whether the forward pass uses the running statistics only. While
+        ``freeze_bn_after`` is pending this reads the ``bn_frozen`` buffer (a host
+        read: a sync on CUDA) and refreshes its Python copy, see :meth:`sync_bn_state`."""
+        if self._freeze_pending():
+            self._refresh_mirrored("bn_frozen")
         return bool(self._get_mirrored("bn_frozen"))
 
     def freeze_bn(self) -> "QuantConvBn2d":
         """Stops using and updating batch statistics."""
         self._set_mirrored("bn_frozen", 1)
         return self
+
+    def sync_bn_state(self) -> bool:
+        """Refreshes the Python copy of ``bn_frozen`` from the buffer, which the
+        training forward sets on the device after ``freeze_bn_after`` steps; returns
+        it. A host read (a sync on CUDA): ``train()``/``eval()`` call it while the
+        freeze is pending. Once it reads 1 the forward is the frozen graph (under
+        ``torch.compile``: one recompile)."""
+        return bool(self._refresh_mirrored("bn_frozen"))
+
+    def train(self, mode: bool = True) -> "QuantConvBn2d":
+        super().train(mode)
+        if self._freeze_pending():  # train/eval switches are phase changes anyway: catch up with the buffer
+            self._refresh_mirrored("bn_frozen")
+        return self
+
+    def _freeze_pending(self) -> bool:
+        """``freeze_bn_after`` is set and the Python copy does not say frozen yet."""
+        return self.freeze_bn_after is not None and not self._get_mirrored("bn_frozen")
 
     def _running_std(self) -> torch.Tensor:
         return torch.sqrt(self.bn.running_var + self.bn.eps)
@@ -134,47 +183,81 @@ class QuantConvBn2d(MirroredStateMixin, nn.Conv2d):
         """Bias of the folded inference convolution, from the running statistics."""
         return self._fused_bias(self.bn.running_mean, self._running_std())
 
+    def _batch_stats_active(self) -> torch.Tensor | None:
+        """While ``freeze_bn_after`` is pending, a 0-dim bool tensor: this step still
+        uses (and tracks) batch statistics. ``None``: it does, unconditionally."""
+        if not self._freeze_pending():
+            return None
+        return (self.bn_frozen == 0) & (self.qat_steps < self.freeze_bn_after)
+
     @torch.no_grad()
-    def _stats_factor(self) -> float:
-        """Counts a training step and returns BatchNorm's running-average factor."""
+    def _count_step(self, active: torch.Tensor | None) -> float | torch.Tensor:
+        """Counts a training step with batch statistics (when ``active``) and returns
+        BatchNorm's running-average factor: ``momentum``, or with ``momentum=None``
+        the cumulative-average tensor ``1 / num_batches_tracked``. Tensor ops only."""
         bn = self.bn
-        bn.num_batches_tracked.add_(1)
-        steps = self._get_mirrored("qat_steps") + 1
-        self._set_mirrored("qat_steps", steps)
-        if self.freeze_bn_after is not None and steps >= self.freeze_bn_after:
-            self.freeze_bn()  # takes effect from the next forward
-        return 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
+        if active is None:
+            self.qat_steps.add_(1)
+            bn.num_batches_tracked.add_(1)
+        else:
+            step = active.to(self.qat_steps.dtype)
+            self.qat_steps.add_(step)
+            bn.num_batches_tracked.add_(step)
+            # Frozen from the next forward on; the Python copy follows at the next sync point.
+            self.bn_frozen.copy_((self.bn_frozen != 0) | (self.qat_steps >= self.freeze_bn_after))
+        if bn.momentum is not None:
+            return bn.momentum
+        return torch.reciprocal(bn.num_batches_tracked.to(bn.running_mean.dtype))
+
+    @torch.no_grad()
+    def _update_running(self, mean: torch.Tensor, var: torch.Tensor, factor: float | torch.Tensor,
+                        active: torch.Tensor | None) -> None:
+        """``running = (1 - factor) * running + factor * batch`` (left as is when not ``active``)."""
+        for running, batch in ((self.bn.running_mean, mean), (self.bn.running_var, var)):
+            if isinstance(factor, torch.Tensor):
+                new = running * (1 - factor) + batch * factor
+            else:
+                new = running.mul(1 - factor).add(batch, alpha=factor)
+            running.copy_(new if active is None else torch.where(active, new, running))
 
     # ------------------------------------------------------------- forward
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = quantize_or_identity(self.input_quantizer, x)
-        if not self.training or self.is_bn_frozen:
+        if not self.training or self._get_mirrored("bn_frozen"):
             return self._forward_frozen(x)
-        return self._forward_approx(x) if self.bn_stats == "approx" else self._forward_exact(x)
+        active = self._batch_stats_active()
+        return self._forward_approx(x, active) if self.bn_stats == "approx" else self._forward_exact(x, active)
 
     def _forward_frozen(self, x: torch.Tensor) -> torch.Tensor:
         w = quantize_or_identity(self.weight_quantizer, self.folded_weight())
         return self._conv_forward(x, w, layer_bias(self, self.folded_bias()))
 
-    def _forward_exact(self, x: torch.Tensor) -> torch.Tensor:
-        y = self._conv_forward(x, self.weight, None)  # the extra float convolution: batch statistics
+    def _values_per_channel(self, x: torch.Tensor, y: torch.Tensor) -> int:
         n = y.numel() // max(y.shape[1], 1)
         if n <= 1:
             raise ValueError(f"{type(self).__name__}: expected more than 1 value per channel when training, got "
                              f"input of shape {tuple(x.shape)}")
+        return n
+
+    def _forward_exact(self, x: torch.Tensor, active: torch.Tensor | None) -> torch.Tensor:
+        y = self._conv_forward(x, self.weight, None)  # the extra float convolution: batch statistics
+        n = self._values_per_channel(x, y)
         var, mean = torch.var_mean(y, dim=(0, 2, 3), correction=0)
         if self.bias is not None:
             mean = mean + self.bias  # the statistics BatchNorm sees after the biased conv
-        factor = self._stats_factor()
-        with torch.no_grad():
-            self.bn.running_mean.mul_(1 - factor).add_(mean, alpha=factor)
-            self.bn.running_var.mul_(1 - factor).add_(var * (n / (n - 1)), alpha=factor)
+        self._update_running(mean, var * (n / (n - 1)), self._count_step(active), active)
         std = torch.sqrt(var + self.bn.eps)
+        running_std = self._running_std()
+        if active is not None:
+            # Past freeze_bn_after the same graph computes the frozen forward: with the running
+            # statistics the correction factor is exactly 1 and the bias is folded_bias().
+            mean = torch.where(active, mean, self.bn.running_mean)
+            std = torch.where(active, std, running_std)
         w = quantize_or_identity(self.weight_quantizer, self.folded_weight())
         out = self._conv_forward(x, w, None)
-        return torch.addcmul(_per_channel(self._fused_bias(mean, std)), out, _per_channel(self._running_std() / std))
+        return torch.addcmul(_per_channel(self._fused_bias(mean, std)), out, _per_channel(running_std / std))
 
-    def _forward_approx(self, x: torch.Tensor) -> torch.Tensor:
+    def _forward_approx(self, x: torch.Tensor, active: torch.Tensor | None) -> torch.Tensor:
         bn = self.bn
         # A zero gamma would make the unscaling below 0/0 (torch.ao's NaN); the
         # channel's output is beta whatever its weight, so fold it with gamma = 1.
@@ -184,8 +267,20 @@ class QuantConvBn2d(MirroredStateMixin, nn.Conv2d):
         y = self._conv_forward(x, w, None) / _per_channel(scale)
         if self.bias is not None:
             y = y + _per_channel(self.bias)
-        factor = self._stats_factor()
-        return F.batch_norm(y, bn.running_mean, bn.running_var, bn.weight, bn.bias, True, factor, bn.eps)
+        factor = self._count_step(active)
+        if active is None and not isinstance(factor, torch.Tensor):
+            return F.batch_norm(y, bn.running_mean, bn.running_var, bn.weight, bn.bias, True, factor, bn.eps)
+        # A tensor factor or a pending freeze: batch statistics from F.batch_norm, running ones with tensor ops.
+        out = F.batch_norm(y, None, None, bn.weight, bn.bias, True, 0.0, bn.eps)
+        n = self._values_per_channel(x, y)
+        with torch.no_grad():
+            var, mean = torch.var_mean(y, dim=(0, 2, 3), correction=0)
+        self._update_running(mean, var * (n / (n - 1)), factor, active)
+        if active is not None:  # past freeze_bn_after: the frozen forward, bn(y) with the running statistics
+            w_scale = bn.weight / self._running_std()
+            frozen = torch.addcmul(_per_channel(bn.bias - bn.running_mean * w_scale), y, _per_channel(w_scale))
+            out = torch.where(active, out, frozen)
+        return out
 
     # ------------------------------------------------------------- convert
     @torch.no_grad()

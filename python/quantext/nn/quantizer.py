@@ -17,18 +17,37 @@ scale ``1/sqrt(n * qmax)`` (``n`` elements per scale) is applied by the op.
 Loading a state dict that lacks some of a quantizer's entries, or whose
 entries disagree in shape, is an error even with ``strict=False``: a
 half-loaded quantizer would quantize with placeholder values.
+
+The spec (scheme, bits, signed, symmetric, narrow_range, granularity, axis,
+group_size, k) is saved with the state (``<prefix>_extra_state``); loading a
+state saved under another spec is an error naming both specs unless
+``strict=False`` (then the values are loaded into this quantizer, whose spec
+stays). State dicts saved before the spec was stored load as before.
+:meth:`Quantizer.load_state_dict` is atomic: on any error the quantizer is
+left exactly as it was.
+
+Casting a model (``model.half()``, ``.to(torch.bfloat16)``, ``.double()``)
+does not cast a quantizer's state: ``scale``/``alpha`` stay float32 (the
+ops take half/bfloat16/float64 inputs with float32 parameters) and the
+observer keeps its statistics' dtypes; devices move as usual.
+
+Observing is thread-safe: threads feeding one quantizer serialize on its lock.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Sequence
+import sys
+import threading
+from typing import Any, Sequence
 
 import torch
 from torch import nn
 
-from ..functional import fake_quant_uniform, lsq_grad_factor, uniform_bounds
-from ..observers import MinMaxObserver, Observer, make_observer
+from ..calibration import Observer, make_observer
+from ..checkpoint import atomic
+from ..functional import weight_normalize
+from ..schemes import _fake_quant as fake_quant
 from ..spec import QuantSpec
 from ._mirrored import MirroredStateMixin
 
@@ -36,8 +55,6 @@ MIN_SCALE = 1e-8
 """Default floor of a computed scale / clipping value: an all-zero (or constant
 zero) tensor gets this scale instead of 0, and learned values are projected
 onto ``>= min_scale`` in the forward pass."""
-
-_STATE_NAMES = ("scale", "zero_point", "alpha")
 
 
 def param_shape(spec: QuantSpec, shape: Sequence[int]) -> tuple[int, ...]:
@@ -74,7 +91,7 @@ def qparams_from_range(spec: QuantSpec, lo: torch.Tensor, hi: torch.Tensor,
     amax = torch.maximum(lo.abs(), hi.abs())
     if spec.scheme != "uniform":
         return {"alpha": amax.clamp_min(min_scale)}
-    qmin, qmax = uniform_bounds(spec.bits, spec.signed, spec.narrow_range)
+    qmin, qmax = spec.bounds
     if spec.symmetric:
         scale = (amax / qmax).clamp_min(min_scale)
         return {"scale": scale, "zero_point": torch.zeros_like(scale, dtype=torch.int32)}
@@ -85,30 +102,86 @@ def qparams_from_range(spec: QuantSpec, lo: torch.Tensor, hi: torch.Tensor,
     return {"scale": scale, "zero_point": zero_point}
 
 
+class _StraightClamp(torch.autograd.Function):
+    @staticmethod
+    def forward(t: torch.Tensor, lo: float, hi: float | None) -> torch.Tensor:
+        return t.clamp(lo, hi)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        pass
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return grad, None, None
+
+
 def _project(t: torch.Tensor, lo: float, hi: float | None = None) -> torch.Tensor:
     """``clamp(t, lo, hi)`` in value, identity in gradient (straight-through).
 
     A learned value that an optimizer step pushed out of the valid domain is
     used at the nearest valid value, but keeps receiving gradient, so it can
     move back (a plain clamp would zero its gradient and could leave it stuck).
-    The value is exactly the clamp: ``c.detach() + (t - t.detach())`` adds 0.
+    A non-finite value stays what it is (``inf`` is reported as ``inf`` by the
+    op's check, not turned into NaN as ``c.detach() + (t - t.detach())`` would).
     """
-    return t.clamp(lo, hi).detach() + (t - t.detach())
+    return _StraightClamp.apply(t, lo, hi)
 
 
-class _GroupMinMaxObserver(MinMaxObserver):
-    """Min/max of each group of ``group_size`` consecutive elements along ``axis``,
-    flattened in the order of the per-group parameter tensor."""
+SPEC_FIELDS = ("scheme", "bits", "signed", "symmetric", "narrow_range", "granularity", "axis", "group_size", "k")
+"""The spec fields a quantizer's saved state depends on (compared when loading)."""
 
-    def __init__(self, axis: int, group_size: int) -> None:
-        super().__init__(axis=axis)
-        self.group_size = group_size
 
-    def _per_channel_view(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.detach().float()
-        axis = self.axis % x.dim()
-        grouped = x.unflatten(axis, (-1, self.group_size)).movedim(axis + 1, -1)
-        return grouped.reshape(-1, self.group_size)
+def _spec_state(spec: QuantSpec) -> dict[str, Any]:
+    return {f: getattr(spec, f) for f in SPEC_FIELDS}
+
+
+def _describe(fields: dict[str, Any]) -> str:
+    return "QuantSpec(" + ", ".join(f"{k}={fields.get(k)!r}" for k in SPEC_FIELDS) + ")"
+
+
+def _load_is_strict() -> bool:
+    """The ``strict`` argument of the ``nn.Module.load_state_dict`` call now running.
+
+    ``nn.Module.load_state_dict`` passes ``strict=True`` to every
+    ``_load_from_state_dict`` and filters missing/unexpected keys itself
+    afterwards, so a module cannot see the user's ``strict=False``; it is read
+    from that call's frame (True when there is none)."""
+    code = nn.Module.load_state_dict.__code__
+    frame = sys._getframe(1)
+    while frame is not None:
+        if frame.f_code is code:
+            return bool(frame.f_locals.get("strict", True))
+        frame = frame.f_back
+    return True
+
+
+class _ThreadLock:
+    """A lock that is not copied with its module (deepcopy/pickle get a fresh one)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.RLock()
+
+    def __deepcopy__(self, memo) -> "_ThreadLock":
+        return _ThreadLock()
+
+    def __reduce__(self):
+        return (_ThreadLock, ())
+
+
+def _qparam_tensor(where: str, name: str, value: Any, dtype: torch.dtype | None) -> torch.Tensor:
+    """``value`` (a tensor or real numbers) as a tensor, or a TypeError naming ``name``."""
+    if isinstance(value, torch.Tensor):
+        if value.is_complex() or value.dtype == torch.bool:
+            raise TypeError(f"{where}: {name} must be a real tensor or number, got dtype {value.dtype}")
+        return value.detach().to(dtype) if dtype is not None else value.detach()
+    try:
+        if isinstance(value, (bool, str, bytes)) or (isinstance(value, (list, tuple)) and any(
+                isinstance(v, (bool, str, bytes)) for v in value)):
+            raise TypeError
+        return torch.as_tensor(value, dtype=dtype)
+    except (TypeError, ValueError, RuntimeError):
+        raise TypeError(f"{where}: {name} must be a tensor or real numbers, got {value!r}") from None
 
 
 class Quantizer(MirroredStateMixin, nn.Module):
@@ -152,10 +225,46 @@ class Quantizer(MirroredStateMixin, nn.Module):
                                             torch.zeros(pshape, dtype=torch.int32)) if uniform else None,
                              learned_zero_point)
         self._register_state("alpha", None if uniform else torch.ones(pshape), spec.learnable)
-        self.observer = self._new_observer()
+        self._state_names = ("scale", "zero_point") if uniform else ("alpha",)
+        self.observer: Observer = make_observer(spec)
         self._register_mirrored("fake_quant_enabled", 1)
         self._register_mirrored("observer_enabled", 0)
         self._register_mirrored("initialized", 0)
+        self._lock = _ThreadLock()
+
+    # ----------------------------------------------------------------- casting
+    def _apply(self, fn, recurse: bool = True):
+        """``nn.Module._apply`` that moves but never re-types the quantization state.
+
+        ``model.half()`` / ``.to(torch.bfloat16)`` cast every floating tensor;
+        the ops need a float32 (or, with float64 inputs, float64) scale/alpha
+        and a cast through half would also round it. So ``scale``,
+        ``zero_point`` and ``alpha`` (and their gradients) keep their dtype and
+        take only the new device."""
+        own = {id(t) for t in self._state().values() if t is not None}
+        own |= {id(t.grad) for t in self._state().values() if t is not None and t.grad is not None}
+
+        def keep_dtype(t: torch.Tensor) -> torch.Tensor:
+            out = fn(t)
+            if id(t) in own and isinstance(out, torch.Tensor) and out.dtype != t.dtype:
+                return t.to(device=out.device)
+            return out
+
+        return super()._apply(keep_dtype, recurse)
+
+    # ----------------------------------------------------------------- spec in the state dict
+    def get_extra_state(self) -> dict[str, Any]:
+        """The spec the state was computed for (plain values: ``weights_only`` loads read it)."""
+        return {"quantext_spec": _spec_state(self.spec)}
+
+    def set_extra_state(self, state: Any) -> None:
+        """Checked in ``_load_from_state_dict`` (which knows ``strict``); nothing to set."""
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """``nn.Module.load_state_dict``, atomic: on any error (missing or
+        misshaped entries, another spec unless ``strict=False``) the quantizer
+        keeps exactly its previous state."""
+        return atomic(self.modules(), lambda: super(Quantizer, self).load_state_dict(state_dict, strict, assign))
 
     # ----------------------------------------------------------------- state
     def _register_state(self, name: str, value: torch.Tensor | None, learnable: bool) -> None:
@@ -164,13 +273,10 @@ class Quantizer(MirroredStateMixin, nn.Module):
         else:
             self.register_buffer(name, value)
 
-    def _new_observer(self) -> Observer:
-        if self.spec.granularity == "group":
-            return _GroupMinMaxObserver(self.spec.axis, self.spec.group_size)
-        return make_observer(self.spec)
-
     def _state(self) -> dict[str, torch.Tensor]:
-        return {n: getattr(self, n) for n in _STATE_NAMES if getattr(self, n) is not None}
+        # Straight from the module's tables: every forward reads them, and nn.Module.__getattr__ is slow.
+        params, buffers = self._parameters, self._buffers
+        return {n: params[n] if n in params else buffers[n] for n in self._state_names}
 
     @property
     def _primary(self) -> torch.Tensor:
@@ -220,27 +326,28 @@ class Quantizer(MirroredStateMixin, nn.Module):
         """The parameters hold real values (from calibration, ``set_qparams`` or a checkpoint)."""
         return bool(self._get_mirrored("initialized"))
 
+    def _set_flag(self, name: str, on: bool) -> "Quantizer":
+        self._set_mirrored(name, int(bool(on)))
+        return self
+
     def enable(self) -> "Quantizer":
         """Turns fake quantization on."""
-        self._set_mirrored("fake_quant_enabled", 1)
-        return self
+        return self._set_flag("fake_quant_enabled", True)
 
     def disable(self) -> "Quantizer":
         """Turns fake quantization off (``forward`` returns its input)."""
-        self._set_mirrored("fake_quant_enabled", 0)
-        return self
+        return self._set_flag("fake_quant_enabled", False)
 
     def observe(self, on: bool = True) -> "Quantizer":
         """Turns observation on or off."""
-        self._set_mirrored("observer_enabled", int(bool(on)))
-        return self
+        return self._set_flag("observer_enabled", on)
 
     def reset_observer(self, calibration: str | None = None) -> "Quantizer":
         """Replaces the observer by a fresh one, for ``calibration`` if given
         (which then also becomes ``spec.calibration``)."""
         if calibration is not None and calibration != self.spec.calibration:
             self.spec = self.spec.replace(calibration=calibration)
-        self.observer = self._new_observer().to(self._primary.device)
+        self.observer = make_observer(self.spec).to(self._primary.device)
         return self
 
     # ----------------------------------------------------------------- qparams
@@ -249,7 +356,7 @@ class Quantizer(MirroredStateMixin, nn.Module):
         """Integer range ``(qmin, qmax)`` of a uniform quantizer."""
         if self.spec.scheme != "uniform":
             raise ValueError(f"{self._where()}: bounds are defined for scheme='uniform', got {self.spec.scheme!r}")
-        return uniform_bounds(self.spec.bits, self.spec.signed, self.spec.narrow_range)
+        return self.spec.bounds
 
     @torch.no_grad()
     def compute_qparams(self) -> "Quantizer":
@@ -280,13 +387,14 @@ class Quantizer(MirroredStateMixin, nn.Module):
         for name in needed:
             if given[name] is None:
                 raise ValueError(f"{self._where()}: set_qparams needs {name} for scheme={self.spec.scheme!r}")
-            value = torch.as_tensor(given[name], dtype=torch.float32)
+            value = _qparam_tensor(self._where(), name, given[name], torch.float32)
             if not bool(torch.isfinite(value).all() and (value > 0).all()):
                 raise ValueError(f"{self._where()}: {name} must be positive and finite, got {value}")
             given[name] = value
         if uniform:
             scale = given["scale"]
-            zp = torch.zeros(scale.shape, dtype=torch.int32) if zero_point is None else torch.as_tensor(zero_point)
+            zp = torch.zeros(scale.shape, dtype=torch.int32) if zero_point is None else \
+                _qparam_tensor(self._where(), "zero_point", zero_point, None)
             qmin, qmax = self.bounds
             if zp.shape != scale.shape:
                 raise ValueError(f"{self._where()}: zero_point shape {tuple(zp.shape)} does not match scale shape "
@@ -354,44 +462,38 @@ class Quantizer(MirroredStateMixin, nn.Module):
 
     # ----------------------------------------------------------------- forward
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"{self._where()}: expected a tensor, got {type(x).__name__}")
         if self.observing:
-            self._check_shape(x)
-            self.observer(self._observed_tensor(x))
-            if self.enabled:
-                self.compute_qparams()
+            self._observe(x)
         if not self.enabled:
             return x
         if not self.calibrated:
             raise RuntimeError(f"{self._where()} is used with fake quantization enabled but was never calibrated: "
                                "run qx.calibrate(model, batches) (or call set_qparams), or disable it with "
                                "qx.disable_quant(model) / .disable()")
-        params = self._effective()
-        if self.spec.scheme == "uniform":
-            return self._fake_quant_uniform(x, params["scale"], params["zero_point"])
-        return self._fake_quant_levels(x, params["alpha"])
+        return fake_quant(x, self.spec, **self._effective())
 
-    def _fake_quant_uniform(self, x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor) -> torch.Tensor:
-        qmin, qmax = self.bounds
-        spec = self.spec
-        grad_factor = lsq_grad_factor(x.numel() // max(scale.numel(), 1), qmax) if spec.learnable else 1.0
-        return fake_quant_uniform(x, scale, zero_point, qmin, qmax, spec.per_channel_axis,
-                                  spec.group_size or 0, grad_factor)
-
-    # PoT/APoT dispatch: the level-table ops live in quantext.schemes and
-    # quantext.functional (issue 3); imported here so that uniform quantizers
-    # work without them.
-    def _fake_quant_levels(self, x: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
-        from ..schemes import fake_quant  # noqa: PLC0415
-
-        return fake_quant(x, self.spec, alpha=alpha)
+    def _observe(self, x: torch.Tensor) -> None:
+        if x.is_complex():
+            raise TypeError(f"{self._where()}: complex tensors cannot be quantized (got {x.dtype})")
+        lock = self.__dict__.get("_lock") or self.__dict__.setdefault("_lock", _ThreadLock())
+        with lock.lock:
+            try:
+                self._check_shape(x)
+                self.observer(self._observed_tensor(x))
+                if self.enabled:
+                    self.compute_qparams()
+            except ValueError as err:
+                if str(err).startswith(self._where()):
+                    raise
+                raise ValueError(f"{self._where()}: {err}") from err
 
     def _observed_tensor(self, x: torch.Tensor) -> torch.Tensor:
         """What the observer sees: with ``weight_norm`` (PoT/APoT) the normalized
         tensor is what gets quantized, so ``alpha`` is taken from its range."""
         if not self.spec.weight_norm:
             return x
-        from ..functional import weight_normalize  # noqa: PLC0415
-
         return weight_normalize(x, axis=self.spec.per_channel_axis)
 
     def extra_repr(self) -> str:
@@ -403,6 +505,20 @@ class Quantizer(MirroredStateMixin, nn.Module):
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                               error_msgs):
         where = f"Quantizer '{prefix[:-1] or self.name}'"
+        extra_key = prefix + "_extra_state"
+        saved_extra = state_dict.get(extra_key)
+        if isinstance(saved_extra, dict) and isinstance(saved_extra.get("quantext_spec"), dict):
+            saved_spec, mine = saved_extra["quantext_spec"], _spec_state(self.spec)
+            differs = [f for f in SPEC_FIELDS if f in saved_spec and saved_spec[f] != mine[f]]
+            if differs and _load_is_strict():
+                error_msgs.append(f"{where}: the state dict was saved for {_describe(saved_spec)} but this quantizer "
+                                  f"has {_describe(mine)} (they differ in {differs}); pass strict=False to load "
+                                  "the values anyway")
+                return
+        elif saved_extra is not None and _load_is_strict():
+            error_msgs.append(f"{where}: unreadable {extra_key!r} entry (expected the saved spec), got "
+                              f"{type(saved_extra).__name__}")
+            return
         own = list(self._state()) + list(self._mirrored)
         absent = [n for n in own if prefix + n not in state_dict]
         if absent:
@@ -417,5 +533,7 @@ class Quantizer(MirroredStateMixin, nn.Module):
             self._resize_lazy(shape, self._primary.device)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                       error_msgs)
+        if extra_key in missing_keys:  # saved before quantizers stored their spec
+            missing_keys.remove(extra_key)
         if not self.name and prefix:
             self.name = prefix[:-1]

@@ -1,9 +1,7 @@
-"""Calibration range methods (DESIGN 5): histograms and the clipping searches.
-
-The searches run in C++ (``torch.ops.quantext.calib_*``) on histograms; this
-module turns what a :class:`~quantext.histogram_observer.HistogramObserver`
-recorded into a clipping range ``(lo, hi)`` for a :class:`QuantSpec`, and
-offers :func:`compute_clip` for a raw tensor.
+"""Calibration range methods: what a
+:class:`~quantext.calibration.HistogramObserver` recorded turned into a
+clipping range ``(lo, hi)`` for a :class:`QuantSpec`. The searches run in C++
+(``torch.ops.quantext.calib_*``) on the histograms.
 
 Methods (``spec.calibration``), for a symmetric spec (``alpha``, then
 ``(-alpha, alpha)`` signed or ``(0, alpha)`` unsigned; an unsigned spec uses
@@ -23,8 +21,8 @@ only the values ``>= 0``):
   convention; PPQ: ``i * bin_width``). With as many levels as bins (above 12
   bits at 2048 bins) there is nothing to merge and the method returns ``max``.
   TensorRT builds its histogram over ``[0, max|x|]``; the observer's range is
-  a power of two (see :mod:`quantext.histogram_observer`), so the data fill
-  1024 to 2048 of its bins and the first candidate (128 bins) can be up to
+  a power of two (see :mod:`quantext.calibration.histogram_observer`), so the
+  data fill 1024 to 2048 of its bins and the first candidate (128 bins) can be up to
   ``max|x| / 8`` instead of ``max|x| / 16``. For TensorRT's exact histogram of
   one tensor: ``ops.calib_entropy(magnitude_histogram(x, 2048, x.abs().max()).sum(0), x.abs().max())``.
 - ``aciq``: ``|mean| + ratio(bits) * spread`` with the Banner et al. ratio for a
@@ -52,13 +50,14 @@ signed symmetric spec), so a scale is never zero or NaN.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 
-from ._ops import ops
-from .functional import int_arg, uniform_bounds
-from .spec import QuantSpec
+from .._ops import ops
+from ..functional import int_arg
+from ..schemes import levels
+from ..spec import QuantSpec
+from .stats import HistogramStats
 
 KL_VARIANTS = ("tensorrt", "ppq")
 ACIQ_PRIORS = ("laplace", "gaussian")
@@ -66,36 +65,6 @@ ACIQ_SIGMAS = ("std", "tengine")
 
 _EPS = torch.finfo(torch.float32).eps
 _TENGINE_CONST = 0.5 * 0.35 * (1 + math.sqrt(math.pi * math.log(4)))
-
-
-def _as_range_tensor(value: torch.Tensor | float, like: torch.Tensor) -> torch.Tensor:
-    # float64: the kernels bin in double, and a float32 tensor would move a Python float end.
-    if isinstance(value, torch.Tensor):
-        return value
-    return torch.tensor(float(value), dtype=torch.float64, device=like.device)
-
-
-def histogram(x: torch.Tensor, bins: int, lo: torch.Tensor | float, hi: torch.Tensor | float,
-              axis: int | None = None) -> torch.Tensor:
-    """Counts (int64) of the values of ``x`` in ``bins`` equal bins over ``[lo, hi]``.
-
-    Bins are ``[lo + i*w, lo + (i+1)*w)``; ``hi`` itself counts in the last bin.
-    Values outside ``[lo, hi]`` and NaN are not counted. ``axis``: one histogram
-    per index of ``axis`` (``lo``/``hi`` of shape ``[C]``, result ``[C, bins]``).
-    ``lo``/``hi`` may live on the device: the CUDA kernel reads them there.
-    """
-    return ops.histogram(x, int_arg("bins", bins), _as_range_tensor(lo, x), _as_range_tensor(hi, x), axis)
-
-
-def magnitude_histogram(x: torch.Tensor, bins: int, amax: torch.Tensor | float,
-                        axis: int | None = None) -> torch.Tensor:
-    """Histogram of ``|x|`` over ``[0, amax]`` split by sign: ``[2, bins]``
-    (``[C, 2, bins]`` with ``axis``), row 0 counting ``x < 0``, row 1 ``x >= 0``.
-
-    The sum of the two rows is the ``|x|`` histogram; ``cat(flip(row 0), row 1)``
-    is the histogram of ``x`` over ``[-amax, amax]`` in ``2 * bins`` bins.
-    """
-    return ops.magnitude_histogram(x, int_arg("bins", bins), _as_range_tensor(amax, x), axis)
 
 
 def aciq_ratio(bits: int, prior: str = "laplace") -> float:
@@ -109,62 +78,13 @@ def magnitude_levels(spec: QuantSpec) -> torch.Tensor:
     """Normalized magnitudes (float64, ascending, ``0 .. 1``) of the grid of
     ``spec``, as the MSE search models it."""
     if spec.scheme == "uniform":
-        qmax = uniform_bounds(spec.bits, spec.signed, spec.narrow_range)[1]
+        qmax = spec.bounds[1]
         return torch.arange(qmax + 1, dtype=torch.float64) / qmax
-    import quantext  # noqa: PLC0415 (the level tables live in quantext.levels)
-
-    levels = getattr(quantext, "levels", None)
-    if levels is None:
-        raise ValueError(f"calibration='mse' for scheme={spec.scheme!r} needs quantext.levels (the PoT/APoT "
-                         "level tables); pass levels= explicitly")
     return torch.unique(levels(spec.scheme, spec.bits, signed=spec.signed, k=spec.k).abs().double())
 
 
-@dataclass(frozen=True)
-class HistogramStats:
-    """What a histogram observer recorded, one row per channel (float64, CPU).
-
-    ``hist[c, 0]`` counts ``|x|`` of the negative values and ``hist[c, 1]`` the
-    values ``>= 0``, in ``bins`` bins over ``[0, amax[c]]``.
-    """
-
-    hist: torch.Tensor
-    amax: torch.Tensor
-    min_val: torch.Tensor
-    max_val: torch.Tensor
-    count: torch.Tensor
-    sum: torch.Tensor
-    sum_sq: torch.Tensor
-
-    @property
-    def bins(self) -> int:
-        return self.hist.shape[-1]
-
-    @property
-    def mean(self) -> torch.Tensor:
-        return self.sum / self.count
-
-    def signed_hist(self) -> torch.Tensor:
-        """Histogram of ``x`` over ``[-amax, amax]``, ``[C, 2 * bins]``."""
-        return torch.cat([self.hist[:, 0].flip(-1), self.hist[:, 1]], dim=-1)
-
-    def std(self) -> torch.Tensor:
-        return (self.sum_sq / self.count - self.mean.square()).clamp_min(0).sqrt()
-
-    def mean_abs_deviation(self) -> torch.Tensor:
-        """``E|x - mean|`` with the histogram read as piecewise uniform (exact for
-        every bin but the one holding the mean, which is integrated exactly too)."""
-        h = self.signed_hist()
-        width = (self.amax / self.bins)[:, None]
-        left = -self.amax[:, None] + torch.arange(h.shape[-1], dtype=torch.float64) * width
-        mu = self.mean[:, None]
-        dev = (left + width / 2 - mu).abs()
-        inside = (left <= mu) & (mu < left + width)
-        dev = torch.where(inside, ((mu - left).square() + (left + width - mu).square()) / (2 * width), dev)
-        return (h * dev).sum(-1) / self.count
-
-
-def _check_option(name: str, value: str, allowed: tuple[str, ...]) -> None:
+def check_option(name: str, value: str, allowed: tuple[str, ...]) -> None:
+    """ValueError unless ``value`` is one of ``allowed``."""
     if value not in allowed:
         raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
 
@@ -241,7 +161,7 @@ def _affine_range(stats: HistogramStats, spec: QuantSpec, opts: dict) -> tuple[t
         lo = ops.calib_percentile(h, -stats.amax, stats.amax, 1 - p)
         hi = ops.calib_percentile(h, -stats.amax, stats.amax, p)
     elif method == "mse":
-        qmin, qmax = uniform_bounds(spec.bits, spec.signed, spec.narrow_range)
+        qmin, qmax = spec.bounds
         lo, hi = ops.calib_mse_affine(stats.signed_hist(), -stats.amax, stats.amax, qmin, qmax)
     elif method == "entropy":
         t = _entropy_clip(stats.hist.sum(1), stats.amax, spec.bits - 1, opts, torch.maximum(-data_lo, data_hi))
@@ -264,9 +184,9 @@ def range_from_stats(stats: HistogramStats, spec: QuantSpec, *, kl_variant: str 
 
     Raises ValueError when a channel saw no finite value.
     """
-    _check_option("kl_variant", kl_variant, KL_VARIANTS)
-    _check_option("aciq_prior", aciq_prior, ACIQ_PRIORS)
-    _check_option("aciq_sigma", aciq_sigma, ACIQ_SIGMAS)
+    check_option("kl_variant", kl_variant, KL_VARIANTS)
+    check_option("aciq_prior", aciq_prior, ACIQ_PRIORS)
+    check_option("aciq_sigma", aciq_sigma, ACIQ_SIGMAS)
     empty = (stats.count == 0).nonzero().flatten().tolist()
     if empty:
         where = "" if stats.count.numel() == 1 else f" in channel {empty[0]}"
@@ -276,33 +196,3 @@ def range_from_stats(stats: HistogramStats, spec: QuantSpec, *, kl_variant: str 
     if spec.symmetric:
         return _symmetric_range(stats, spec, opts)
     return _affine_range(stats, spec, opts)
-
-
-def compute_clip(data: torch.Tensor, method: str | None = None, spec: QuantSpec | None = None, *,
-                 bins: int = 2048, **options) -> tuple[torch.Tensor, torch.Tensor]:
-    """Clipping range ``(lo, hi)`` of ``data`` for ``spec`` with calibration ``method``.
-
-    ``data`` is a raw tensor (observed per tensor, or per channel along
-    ``spec.axis`` for a per-channel spec) or a
-    :class:`~quantext.histogram_observer.HistogramObserver` that has already
-    observed. ``method`` defaults to ``spec.calibration``; ``spec`` to an 8-bit
-    signed symmetric per-tensor uniform grid. ``options`` are those of
-    :func:`range_from_stats` (``kl_variant``, ``kl_start_bin``, ``aciq_prior``,
-    ``aciq_sigma``, ``levels``). Shapes: ``[]`` per tensor, ``[C]`` per channel.
-    """
-    from .histogram_observer import HistogramObserver  # noqa: PLC0415 (the observer builds on this module)
-
-    spec = spec if spec is not None else QuantSpec()
-    if not isinstance(spec, QuantSpec):
-        raise TypeError(f"spec must be a QuantSpec, got {type(spec).__name__}")
-    if method is not None:
-        spec = spec.replace(calibration=method)
-    if isinstance(data, HistogramObserver):
-        return data.compute_range(spec, **options)
-    if not isinstance(data, torch.Tensor):
-        raise TypeError(f"data must be a tensor or a HistogramObserver, got {type(data).__name__}")
-    if data.numel() == 0:
-        raise ValueError(f"data is empty (shape {tuple(data.shape)}): there is nothing to calibrate")
-    observer = HistogramObserver(axis=spec.per_channel_axis, bins=bins).to(data.device)
-    observer(data)
-    return observer.compute_range(spec, **options)

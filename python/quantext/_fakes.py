@@ -1,0 +1,263 @@
+"""The fake (meta) implementations of every ``torch.ops.quantext`` op that
+returns tensors, registered with ``torch.library.register_fake`` so that
+``torch.compile`` and ``torch.export`` trace the ops without running them.
+
+The fakes also serve the Meta dispatch key, which a meta tensor mixed with
+real ones selects: they repeat the device checks of the real kernels so that
+such a call is an error instead of an uninitialized result.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch._prims_common import is_non_overlapping_and_dense_or_false as is_non_overlapping_and_dense
+
+from . import _C  # noqa: F401  (defines the ops the fakes are registered for)
+
+
+def check_same_device(op: str, x: torch.Tensor, **params: torch.Tensor) -> None:
+    """The kernels' rule (csrc/ops/canonical.cpp): every tensor on the input's device."""
+    for name, t in params.items():
+        if t.device != x.device:
+            raise ValueError(f"quantext.{op}: {name} is on {t.device} but the input is on {x.device}")
+
+
+def check_real(op: str, **tensors: torch.Tensor) -> None:
+    """Complex tensors would lose their imaginary part: the kernels take real ones."""
+    for name, t in tensors.items():
+        if t.is_complex():
+            raise ValueError(f"quantext.{op}: {name} must be a real tensor, got {t.dtype}")
+
+
+def check_uniform_args(op: str, x: torch.Tensor, qmin: int, qmax: int, axis, group_size: int,
+                       grad_factor: float = 1.0) -> None:
+    """The argument checks of the real kernels (csrc/ops/uniform.cpp) that need no values."""
+    if qmin > qmax:
+        raise ValueError(f"quantext.{op}: qmin must be <= qmax, got qmin={qmin}, qmax={qmax}")
+    _check_axis(op, x, axis)
+    if group_size < 0:
+        raise ValueError(f"quantext.{op}: group_size must be >= 0, got {group_size}")
+    if group_size and axis is None:
+        raise ValueError(f"quantext.{op}: group_size={group_size} needs an axis")
+    if not math.isfinite(grad_factor):
+        raise ValueError(f"quantext.{op}: grad_factor must be finite, got {grad_factor}")
+
+
+def _check_axis(op: str, x: torch.Tensor, axis) -> None:
+    if axis is not None and not -x.dim() <= axis < x.dim():
+        raise ValueError(f"quantext.{op}: axis={axis} is out of range for a tensor of {x.dim()} dimensions")
+
+
+def check_level_args(op: str, x: torch.Tensor | None, scheme: str, bits: int, signed: bool, k: int,
+                     rounding: str = "nearest", axis=None, grad_factor: float = 1.0) -> None:
+    """The argument checks of the real level kernels (csrc/ops/level_ops.cpp) that need no values."""
+    if scheme not in ("pot", "apot"):
+        raise ValueError(f"quantext.{op}: scheme must be 'pot' or 'apot', got {scheme!r}")
+    lo = 2 if signed else 1
+    if not lo <= bits <= 8:
+        raise ValueError(f"quantext.{op}: bits must be in [{lo}, 8] for a {'signed' if signed else 'unsigned'} "
+                         f"grid, got {bits}")
+    if not 1 <= k <= 8:
+        raise ValueError(f"quantext.{op}: k must be in [1, 8], got {k}")
+    if rounding not in ("nearest", "log"):
+        raise ValueError(f"quantext.{op}: rounding must be 'nearest' or 'log', got {rounding!r}")
+    if rounding == "log" and scheme != "pot":
+        raise ValueError(f"quantext.{op}: rounding='log' is only defined for scheme='pot'")
+    if x is not None:
+        _check_axis(op, x, axis)
+    if not math.isfinite(grad_factor):
+        raise ValueError(f"quantext.{op}: grad_factor must be finite, got {grad_factor}")
+
+
+def _check_readable(op: str, hist: torch.Tensor, **params: torch.Tensor) -> None:
+    """The range ops read their arguments on the host from any device, but not from meta."""
+    for name, t in params.items():
+        if t.device.type == "meta" and hist.device.type != "meta":
+            raise ValueError(f"quantext.{op}: {name} is on meta but hist is on {hist.device}")
+
+
+def _magnitude_bits(bits: int, signed: bool) -> int:
+    return bits - 1 if signed else bits
+
+
+def _uniform_code_dtype(qmin: int, qmax: int) -> torch.dtype:
+    """The storage type of uniform codes (see :mod:`quantext.schemes`)."""
+    if qmin >= -128 and qmax <= 127:
+        return torch.int8
+    if qmin >= 0 and qmax <= 255:
+        return torch.uint8
+    if qmin >= -32768 and qmax <= 32767:
+        return torch.int16
+    return torch.int32
+
+
+def _per_row(hist: torch.Tensor, *trailing: int) -> torch.Tensor:
+    return hist.new_empty(hist.shape[:-1] + trailing, dtype=torch.float64)
+
+
+# ------------------------------------------------------------------ uniform
+@torch.library.register_fake("quantext::fake_quant_uniform")
+def _fake_quant_uniform_fake(x, scale, zero_point, qmin, qmax, axis=None, group_size=0, grad_factor=1.0):
+    check_same_device("fake_quant_uniform", x, scale=scale, zero_point=zero_point)
+    check_real("fake_quant_uniform", x=x, scale=scale, zero_point=zero_point)
+    check_uniform_args("fake_quant_uniform", x, qmin, qmax, axis, group_size, grad_factor)
+    return torch.empty_like(x)
+
+
+@torch.library.register_fake("quantext::fake_quant_uniform_backward")
+def _fake_quant_uniform_backward_fake(grad, x, scale, zero_point, qmin, qmax, axis, group_size, grad_factor,
+                                      param_grads):
+    check_same_device("fake_quant_uniform_backward", x, scale=scale, zero_point=zero_point, grad=grad)
+    check_real("fake_quant_uniform_backward", grad=grad, x=x, scale=scale, zero_point=zero_point)
+    check_uniform_args("fake_quant_uniform_backward", x, qmin, qmax, axis, group_size, grad_factor)
+    return torch.empty_like(x), torch.empty_like(scale), torch.empty_like(scale)
+
+
+# ------------------------------------------------------------------ level tables (PoT / APoT)
+# Every grid has exactly 2^B distinct magnitudes (the C++ builder asserts it).
+@torch.library.register_fake("quantext::levels")
+def _levels_fake(scheme, bits, signed, k=2):
+    check_level_args("levels", None, scheme, bits, signed, k)
+    b = _magnitude_bits(bits, signed)
+    return torch.empty(2 ** (b + 1) - 1 if signed else 2 ** b, dtype=torch.float64)
+
+
+@torch.library.register_fake("quantext::apot_decode_table")
+def _apot_decode_table_fake(bits, signed, k=2):
+    check_level_args("apot_decode_table", None, "apot", bits, signed, k)
+    b = _magnitude_bits(bits, signed)
+    return torch.empty(2 ** b, -(-b // k), dtype=torch.int64)
+
+
+@torch.library.register_fake("quantext::fake_quant_levels")
+def _fake_quant_levels_fake(x, alpha, scheme, bits, signed, k=2, rounding="nearest", axis=None, grad_factor=1.0):
+    check_same_device("fake_quant_levels", x, alpha=alpha)
+    check_real("fake_quant_levels", x=x, alpha=alpha)
+    check_level_args("fake_quant_levels", x, scheme, bits, signed, k, rounding, axis, grad_factor)
+    return torch.empty_like(x)
+
+
+@torch.library.register_fake("quantext::fake_quant_levels_backward")
+def _fake_quant_levels_backward_fake(grad, x, alpha, scheme, bits, signed, k, rounding, axis, grad_factor,
+                                     alpha_grad):
+    check_same_device("fake_quant_levels_backward", x, alpha=alpha, grad=grad)
+    check_real("fake_quant_levels_backward", grad=grad, x=x, alpha=alpha)
+    check_level_args("fake_quant_levels_backward", x, scheme, bits, signed, k, rounding, axis, grad_factor)
+    return torch.empty_like(x), torch.empty_like(alpha)
+
+
+# ------------------------------------------------------------------ integer codes
+@torch.library.register_fake("quantext::quantize_uniform")
+def _quantize_uniform_fake(x, scale, zero_point, qmin, qmax, axis=None, group_size=0):
+    check_same_device("quantize_uniform", x, scale=scale, zero_point=zero_point)
+    check_real("quantize_uniform", x=x, scale=scale, zero_point=zero_point)
+    check_uniform_args("quantize_uniform", x, qmin, qmax, axis, group_size)
+    return torch.empty_like(x, dtype=_uniform_code_dtype(qmin, qmax))
+
+
+@torch.library.register_fake("quantext::dequantize_uniform")
+def _dequantize_uniform_fake(codes, scale, zero_point, axis=None, group_size=0):
+    check_same_device("dequantize_uniform", codes, scale=scale, zero_point=zero_point)
+    check_real("dequantize_uniform", codes=codes, scale=scale, zero_point=zero_point)
+    _check_axis("dequantize_uniform", codes, axis)
+    return torch.empty_like(codes, dtype=scale.dtype)
+
+
+@torch.library.register_fake("quantext::quantize_levels")
+def _quantize_levels_fake(x, alpha, scheme, bits, signed, k=2, rounding="nearest", axis=None):
+    check_same_device("quantize_levels", x, alpha=alpha)
+    check_real("quantize_levels", x=x, alpha=alpha)
+    check_level_args("quantize_levels", x, scheme, bits, signed, k, rounding, axis)
+    return torch.empty_like(x, dtype=torch.int8 if signed else torch.uint8)
+
+
+@torch.library.register_fake("quantext::dequantize_levels")
+def _dequantize_levels_fake(codes, alpha, scheme, bits, signed, k=2, axis=None):
+    check_same_device("dequantize_levels", codes, alpha=alpha)
+    check_real("dequantize_levels", codes=codes, alpha=alpha)
+    check_level_args("dequantize_levels", codes, scheme, bits, signed, k, "nearest", axis)
+    return torch.empty_like(codes, dtype=alpha.dtype)
+
+
+# ------------------------------------------------------------------ calibration
+@torch.library.register_fake("quantext::histogram")
+def _histogram_fake(x, bins, lo, hi, axis=None):
+    check_same_device("histogram", x, lo=lo, hi=hi)
+    check_real("histogram", x=x, lo=lo, hi=hi)
+    if not 1 <= bins <= 1 << 24:
+        raise ValueError(f"quantext.histogram: bins must be in [1, 16777216], got {bins}")
+    _check_axis("histogram", x, axis)
+    return x.new_empty((bins,) if axis is None else (x.shape[axis], bins), dtype=torch.long)
+
+
+@torch.library.register_fake("quantext::magnitude_histogram")
+def _magnitude_histogram_fake(x, bins, amax, axis=None):
+    check_same_device("magnitude_histogram", x, amax=amax)
+    check_real("magnitude_histogram", x=x, amax=amax)
+    if not 1 <= bins <= 1 << 24:
+        raise ValueError(f"quantext.magnitude_histogram: bins must be in [1, 16777216], got {bins}")
+    _check_axis("magnitude_histogram", x, axis)
+    return x.new_empty((2, bins) if axis is None else (x.shape[axis], 2, bins), dtype=torch.long)
+
+
+@torch.library.register_fake("quantext::calib_percentile")
+def _calib_percentile_fake(hist, lo, hi, q):
+    _check_readable("calib_percentile", hist, lo=lo, hi=hi)
+    return _per_row(hist)
+
+
+@torch.library.register_fake("quantext::calib_entropy")
+def _calib_entropy_fake(hist, amax, num_levels=128, start_bin=128, variant="tensorrt"):
+    _check_readable("calib_entropy", hist, amax=amax)
+    return _per_row(hist), _per_row(hist, hist.shape[-1] + 1)
+
+
+@torch.library.register_fake("quantext::calib_mse")
+def _calib_mse_fake(hist, amax, levels):
+    _check_readable("calib_mse", hist, amax=amax, levels=levels)
+    return _per_row(hist), _per_row(hist, hist.shape[-1])
+
+
+@torch.library.register_fake("quantext::calib_mse_affine")
+def _calib_mse_affine_fake(hist, lo, hi, qmin, qmax):
+    _check_readable("calib_mse_affine", hist, lo=lo, hi=hi)
+    if not (-(2**31) <= qmin <= qmax <= 2**31 - 1):
+        raise ValueError(f"quantext.calib_mse_affine: need -2^31 <= qmin <= qmax <= 2^31-1, got [{qmin}, {qmax}]")
+    return _per_row(hist), _per_row(hist)
+
+
+# ------------------------------------------------------------------ clip masks (csrc/ops/clip_mask.h)
+def _clip_mask_fake(x: torch.Tensor, axis, group_size: int) -> torch.Tensor:
+    """The bit-packed clip mask of a masked forward: one int32 word per 32 elements, or
+    none ([0]) where the layout keeps no mask: per group, or per channel with runs of
+    fewer than 32 elements (the channel axis innermost)."""
+    empty = x.new_empty((0,), dtype=torch.int32)
+    if group_size:
+        return empty
+    if axis is not None:
+        ax = axis % x.dim()
+        if x.shape[ax] > 1:
+            run = x.stride(ax) if is_non_overlapping_and_dense(x) else math.prod(x.shape[ax + 1:])
+            if run < 32:
+                return empty
+    return x.new_empty(((x.numel() + 31) // 32,), dtype=torch.int32)
+
+
+@torch.library.register_fake("quantext::fake_quant_uniform_masked")
+def _fake_quant_uniform_masked_fake(x, scale, zero_point, qmin, qmax, axis=None, group_size=0):
+    check_same_device("fake_quant_uniform_masked", x, scale=scale, zero_point=zero_point)
+    return torch.empty_like(x), _clip_mask_fake(x, axis, group_size)
+
+
+@torch.library.register_fake("quantext::fake_quant_levels_masked")
+def _fake_quant_levels_masked_fake(x, alpha, scheme, bits, signed, k=2, rounding="nearest", axis=None):
+    check_same_device("fake_quant_levels_masked", x, alpha=alpha)
+    return torch.empty_like(x), _clip_mask_fake(x, axis, 0)
+
+
+@torch.library.register_fake("quantext::clip_mask_backward")
+def _clip_mask_backward_fake(grad, mask):
+    check_same_device("clip_mask_backward", grad, mask=mask)
+    return torch.empty_like(grad)
