@@ -131,6 +131,7 @@ class Recipe:
     calibration_batches: int = 8
     learnable: bool = True  # LSQ scales (uniform), learned clipping alpha (PoT/APoT)
     augment: bool = True
+    bn_stats: str = "exact"  # BN folding while training, as prepare_qat (docs/demo.md)
 
 
 def qconfig(scheme: str, bits: int, calibration: str, learnable: bool) -> qx.QConfig:
@@ -167,10 +168,11 @@ def signed_add_inputs(model: nn.Module, batch: torch.Tensor) -> None:
 
 
 def prepare(float_model: nn.Module, scheme: str, bits: int, calibration: str, learnable: bool,
-            calibration_batch: torch.Tensor) -> nn.Module:
+            calibration_batch: torch.Tensor, bn_stats: str = Recipe.bn_stats) -> nn.Module:
     """``prepare_qat`` with first and last layer at 8 bits, add inputs signed where needed."""
     model = qx.prepare_qat(float_model, qconfig(scheme, bits, calibration, learnable),
-                           example_inputs=(calibration_batch[:16],), first_last_bits=FIRST_LAST_BITS)
+                           example_inputs=(calibration_batch[:16],), first_last_bits=FIRST_LAST_BITS,
+                           bn_stats=bn_stats)
     signed_add_inputs(model, calibration_batch)
     return model
 
@@ -281,7 +283,8 @@ def run_job(job: Job, float_model: nn.Module, split: Split, recipe: Recipe, seed
     after convert (an export costs seconds; the QAT rows cover it).
     Accuracies in percent."""
     calibration = split.x_train[: recipe.calibration_batches * BATCH]
-    model = prepare(float_model, job.scheme, job.bits, job.calibration, recipe.learnable and job.qat, calibration)
+    model = prepare(float_model, job.scheme, job.bits, job.calibration, recipe.learnable and job.qat, calibration,
+                    recipe.bn_stats)
     qx.calibrate(model, calibration.split(BATCH), progress=False)
     result = {"ptq": accuracy(model, split.x_test, split.y_test), "qat": None, "ort": None, "ort_differs": None}
     if job.qat:
@@ -371,7 +374,8 @@ def caption(recipe: Recipe, seeds: list[int], split: Split, float_size: int) -> 
             f"by the method named, weights max); in QAT rows, the accuracy after calibration, before fine-tuning. "
             f"QAT: Adam lr {recipe.qat_lr} with a cosine schedule for {e} epochs at 8 and 4 bits ({low} bits), "
             f"{learned}, "
-            f"BN statistics frozen for the last {recipe.freeze_bn_epochs} epoch(s), uniform layers' biases on the "
+            f"BN folded with bn_stats={recipe.bn_stats!r}, statistics frozen for the last "
+            f"{recipe.freeze_bn_epochs} epoch(s), uniform layers' biases on the "
             f"int32 grid (QConfig.int32_bias); accuracy of the converted model in PyTorch. ONNX Runtime: the "
             f"exported file (qx.export_onnx, verify=True) in a default CPU session (all graph optimizations, int8 "
             f"QLinearConv kernels where it fuses them); 'ORT != PyTorch' counts the test images, over all seeds, "
@@ -430,9 +434,11 @@ def main() -> None:
                         help=f"QAT epochs at 8 and 4 bits, times {LOW_BIT_EPOCHS} at lower bit widths "
                              f"(default {Recipe.qat_epochs})")
     parser.add_argument("--schemes", nargs="+", default=list(SCHEMES), choices=SCHEMES)
+    parser.add_argument("--bn-stats", default=Recipe.bn_stats, choices=("exact", "approx"),
+                        help=f"BN folding while training (default {Recipe.bn_stats})")
     parser.add_argument("--quick", action="store_true", help="smoke test: one seed, 10 float and 1 QAT epoch")
     args = parser.parse_args()
-    recipe, seeds = Recipe(qat_epochs=args.epochs), list(range(args.seeds))
+    recipe, seeds = Recipe(qat_epochs=args.epochs, bn_stats=args.bn_stats), list(range(args.seeds))
     if args.quick:
         recipe, seeds = replace(recipe, float_epochs=10, qat_epochs=1), [0]
     # The tensors are tiny: one thread per process is fastest, and on a shared

@@ -38,7 +38,8 @@ inline at::Tensor clip_mask_grad(torch::autograd::AutogradContext* ctx, const at
   const auto strides = ctx->saved_data["mask_strides"].toSymIntList().vec();
   const at::Tensor mask = ctx->get_saved_variables()[0];
   const bool same = grad.sym_strides().vec() == strides;
-  const at::Tensor dense = same ? grad : at::empty_strided_symint(grad.sym_sizes(), strides, grad.options()).copy_(grad);
+  const at::Tensor dense =
+      same ? grad : at::empty_strided_symint(grad.sym_sizes(), strides, grad.options()).copy_(grad);
   return op.call(dense, mask);
 }
 

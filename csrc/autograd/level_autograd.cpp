@@ -94,7 +94,12 @@ class FakeQuantLevels : public torch::autograd::Function<FakeQuantLevels> {
 at::Tensor fake_quant_levels_autograd(const at::Tensor& x, const at::Tensor& alpha, c10::string_view scheme,
                                       int64_t bits, bool is_signed, int64_t k, c10::string_view rounding,
                                       std::optional<int64_t> axis, double grad_factor) {
-  const bool want_mask = at::GradMode::is_enabled() && x.requires_grad() && !alpha.requires_grad();
+  if (!at::GradMode::is_enabled() || !(x.requires_grad() || alpha.requires_grad())) {
+    // Nothing to record: skip building an autograd node (eval, calibration, frozen weights).
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return fake_quant_levels(x, alpha, scheme, bits, is_signed, k, rounding, axis, grad_factor);
+  }
+  const bool want_mask = x.requires_grad() && !alpha.requires_grad();
   return FakeQuantLevels::apply(x, alpha, scheme, bits, is_signed, k, rounding, axis, grad_factor, want_mask);
 }
 

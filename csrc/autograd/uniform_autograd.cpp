@@ -108,7 +108,12 @@ at::Tensor fake_quant_uniform_autograd(const at::Tensor& x, const at::Tensor& sc
                                        int64_t qmin, int64_t qmax, std::optional<int64_t> axis, int64_t group_size,
                                        double grad_factor) {
   const bool learned = scale.requires_grad() || zero_point.requires_grad();
-  const bool want_mask = at::GradMode::is_enabled() && x.requires_grad() && !learned;
+  if (!at::GradMode::is_enabled() || !(x.requires_grad() || learned)) {
+    // Nothing to record: skip building an autograd node (eval, calibration, frozen weights).
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return forward_op(x, scale, zero_point, qmin, qmax, axis, group_size, grad_factor);
+  }
+  const bool want_mask = x.requires_grad() && !learned;
   return FakeQuantUniform::apply(x, scale, zero_point, qmin, qmax, axis, group_size, grad_factor, want_mask);
 }
 

@@ -9,8 +9,8 @@
 #include <mutex>
 #include <vector>
 
-#include "ops/histogram.h"
 #include "math/histogram_bin.h"
+#include "ops/histogram.h"
 
 namespace quantext {
 namespace cpu {

@@ -23,8 +23,8 @@ namespace {
 // grids, the bucket index, built once per grid like the table itself.
 template <typename T>
 const CpuLevelTable<T>& cpu_level_table(const LevelArgs& a) {
-  return cached_per_grid<CpuLevelTable<T>>(
-      a.spec, [&] { return std::make_unique<const CpuLevelTable<T>>(level_table<T>(a)); });
+  return cached_per_grid<CpuLevelTable<T>>(a.spec,
+                                           [&] { return std::make_unique<const CpuLevelTable<T>>(level_table<T>(a)); });
 }
 
 // Calls f(search, grid): the search picked for the table once per call, on its
@@ -68,33 +68,33 @@ void forward_masked(const LevelArgs& a, at::Tensor& y, at::Tensor& mask) {
     using scalar_t = decltype(tag);
     using S = decltype(search);
     MaskWriter bits(words, begin, len);
-    map_run_masked<decltype(s)>(a.c.x.const_data_ptr<scalar_t>() + begin, y.mutable_data_ptr<scalar_t>() + begin,
-                                len, bits, [&]<typename P>(typename P::V v) {
-                                  return math::levels_forward_masked<P, S>(v, P::splat(s), grid);
-                                });
+    map_run_masked<decltype(s)>(
+        a.c.x.const_data_ptr<scalar_t>() + begin, y.mutable_data_ptr<scalar_t>() + begin, len, bits,
+        [&]<typename P>(typename P::V v) { return math::levels_forward_masked<P, S>(v, P::splat(s), grid); });
   });
 }
 
 at::Tensor backward(const LevelArgs& a, const at::Tensor& dy, at::Tensor& dx, bool alpha_grad) {
   at::Tensor partials = at::empty({alpha_grad ? 1 : 0, a.c.layout.num_items()}, a.c.x.options().dtype(at::kDouble));
   double* part = partials.mutable_data_ptr<double>();
-  for_each_level_item(a, [&](auto tag, auto search, const auto& grid, int64_t item, int64_t begin, int64_t len, auto s) {
-    using scalar_t = decltype(tag);
-    using S = decltype(search);
-    using acc_t = decltype(s);
-    const auto g = [&]<typename P>(typename P::V d, typename P::V v) {
-      const auto r = math::levels_backward<P, S>(d, v, P::splat(s), grid);
-      return std::pair{r.dx, std::array{r.dalpha}};
-    };
-    const scalar_t* dyp = dy.const_data_ptr<scalar_t>() + begin;
-    const scalar_t* xp = a.c.x.const_data_ptr<scalar_t>() + begin;
-    scalar_t* dxp = dx.mutable_data_ptr<scalar_t>() + begin;
-    if (alpha_grad) {
-      part[item] = grad_run<true, acc_t>(dyp, xp, dxp, len, g)[0];
-    } else {
-      grad_run<false, acc_t>(dyp, xp, dxp, len, g);
-    }
-  });
+  for_each_level_item(a,
+                      [&](auto tag, auto search, const auto& grid, int64_t item, int64_t begin, int64_t len, auto s) {
+                        using scalar_t = decltype(tag);
+                        using S = decltype(search);
+                        using acc_t = decltype(s);
+                        const auto g = [&]<typename P>(typename P::V d, typename P::V v) {
+                          const auto r = math::levels_backward<P, S>(d, v, P::splat(s), grid);
+                          return std::pair{r.dx, std::array{r.dalpha}};
+                        };
+                        const scalar_t* dyp = dy.const_data_ptr<scalar_t>() + begin;
+                        const scalar_t* xp = a.c.x.const_data_ptr<scalar_t>() + begin;
+                        scalar_t* dxp = dx.mutable_data_ptr<scalar_t>() + begin;
+                        if (alpha_grad) {
+                          part[item] = grad_run<true, acc_t>(dyp, xp, dxp, len, g)[0];
+                        } else {
+                          grad_run<false, acc_t>(dyp, xp, dxp, len, g);
+                        }
+                      });
   return partials;
 }
 

@@ -41,8 +41,8 @@ T largest_at_most(T q, T alpha) {
 // Searches that a ScaledTable serves: the unrolled scan (up to 15 thresholds
 // to carry over) and the PoT closed form (two).
 template <typename S>
-constexpr bool kScalable = S::kind == math::SearchKind::ClosedForm ||
-                           (S::kind == math::SearchKind::Scan && S::steps > 0);
+constexpr bool kScalable =
+    S::kind == math::SearchKind::ClosedForm || (S::kind == math::SearchKind::Scan && S::steps > 0);
 
 // The ScaledTable of grid t for search S and alpha, or false where the
 // closed form does not carry over. Halving x halves its rounded quotient as

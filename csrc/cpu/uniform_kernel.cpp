@@ -54,10 +54,8 @@ void forward_masked(const UniformArgs& a, at::Tensor& y, at::Tensor& mask) {
     using scalar_t = decltype(tag);
     using acc_t = acc_type<scalar_t>;
     MaskWriter bits(words, begin, len);
-    map_run_masked<acc_t>(a.c.x.const_data_ptr<scalar_t>() + begin, y.mutable_data_ptr<scalar_t>() + begin, len,
-                          bits, [&]<typename P>(typename P::V v) {
-                            return math::uniform_forward_masked<P>(v, lanes<P>(p));
-                          });
+    map_run_masked<acc_t>(a.c.x.const_data_ptr<scalar_t>() + begin, y.mutable_data_ptr<scalar_t>() + begin, len, bits,
+                          [&]<typename P>(typename P::V v) { return math::uniform_forward_masked<P>(v, lanes<P>(p)); });
   });
 }
 

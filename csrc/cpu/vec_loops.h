@@ -83,8 +83,7 @@ class MaskWriter {
 
 // y[i] = f(x[i]).y, and the mask bit of element i from f(x[i]).inside.
 template <typename acc_t, typename scalar_t, typename F>
-void map_run_masked(const scalar_t* __restrict__ x, scalar_t* __restrict__ y, int64_t n, MaskWriter& mask,
-                    const F& f) {
+void map_run_masked(const scalar_t* __restrict__ x, scalar_t* __restrict__ y, int64_t n, MaskWriter& mask, const F& f) {
   if constexpr (!std::is_same_v<scalar_t, acc_t>) {
     acc_t xb[kConvertBlock], yb[kConvertBlock];
     for (int64_t i = 0; i < n; i += kConvertBlock) {

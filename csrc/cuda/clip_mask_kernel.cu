@@ -15,7 +15,7 @@ namespace {
 
 template <typename scalar_t>
 __global__ void select_kernel(const scalar_t* __restrict__ dy, const uint32_t* __restrict__ mask,
-                                          scalar_t* __restrict__ dx, int64_t numel) {
+                              scalar_t* __restrict__ dx, int64_t numel) {
   const int64_t stride = int64_t(gridDim.x) * blockDim.x;
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < numel; i += stride) {
     dx[i] = math::mask_bit(mask, i) ? dy[i] : scalar_t(0);

@@ -8,8 +8,8 @@
 
 #include <algorithm>
 
-#include "ops/histogram.h"
 #include "math/histogram_bin.h"
+#include "ops/histogram.h"
 
 namespace quantext {
 namespace cuda {

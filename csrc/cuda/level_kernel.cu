@@ -22,27 +22,14 @@ namespace {
 using math::LevelTable;
 using math::Scalar;
 
-template <typename scalar_t, typename acc_t, typename param_t, typename S>
+// The forward, and with kMasked its clip mask (cuda/clip_mask.cuh).
+template <bool kMasked, typename scalar_t, typename acc_t, typename param_t, typename S>
 __global__ void forward_kernel(const scalar_t* __restrict__ x, scalar_t* __restrict__ y,
                                const param_t* __restrict__ alpha, RunLayout layout,
-                               const __grid_constant__ LevelTable<acc_t> table) {
+                               const __grid_constant__ LevelTable<acc_t> table, uint32_t* __restrict__ mask) {
   __shared__ LevelTable<acc_t> t;
   load_table(table, t);
-  const int64_t stride = int64_t(gridDim.x) * blockDim.x;
-  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < layout.numel; i += stride) {
-    const acc_t a = static_cast<acc_t>(alpha[layout.param_of_element(i)]);
-    y[i] = static_cast<scalar_t>(math::levels_forward<Scalar<acc_t>, S>(static_cast<acc_t>(x[i]), a, t));
-  }
-}
-
-// The forward with its clip mask (cuda/clip_mask.cuh).
-template <typename scalar_t, typename acc_t, typename param_t, typename S>
-__global__ void forward_masked_kernel(const scalar_t* __restrict__ x, scalar_t* __restrict__ y,
-                                      const param_t* __restrict__ alpha, RunLayout layout,
-                                      const __grid_constant__ LevelTable<acc_t> table, uint32_t* __restrict__ mask) {
-  __shared__ LevelTable<acc_t> t;
-  load_table(table, t);
-  for_each_masked(layout.numel, mask, [&](int64_t i) {
+  for_each_element<kMasked>(layout.numel, mask, [&](int64_t i) {
     const acc_t a = static_cast<acc_t>(alpha[layout.param_of_element(i)]);
     const auto r = math::levels_forward_masked<Scalar<acc_t>, S>(static_cast<acc_t>(x[i]), a, t);
     y[i] = static_cast<scalar_t>(r.y);
@@ -74,37 +61,28 @@ __global__ void backward_kernel(const scalar_t* __restrict__ dy, const scalar_t*
   }
 }
 
-void forward(const LevelArgs& a, at::Tensor& y) {
+// mask: undefined for the plain forward.
+void launch_forward(const LevelArgs& a, at::Tensor& y, const at::Tensor& mask) {
   dispatch_types(a.c.x, a.alpha, [&](auto x_tag, auto p_tag) {
     using scalar_t = decltype(x_tag);
     using param_t = decltype(p_tag);
     using acc_t = acc_type<scalar_t>;
     const auto& table = level_table<acc_t>(a);
+    const bool masked = mask.defined();
     math::with_level_search<Scalar<acc_t>, false>(table, [&](auto search) {
-      forward_kernel<scalar_t, acc_t, param_t, decltype(search)>
-          <<<grid_for(a.c.layout.numel), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
-              a.c.x.const_data_ptr<scalar_t>(), y.mutable_data_ptr<scalar_t>(), a.alpha.const_data_ptr<param_t>(),
-              a.c.layout, table);
+      using S = decltype(search);
+      const auto kernel = masked ? forward_kernel<true, scalar_t, acc_t, param_t, S>
+                                 : forward_kernel<false, scalar_t, acc_t, param_t, S>;
+      kernel<<<grid_for(a.c.layout.numel), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+          a.c.x.const_data_ptr<scalar_t>(), y.mutable_data_ptr<scalar_t>(), a.alpha.const_data_ptr<param_t>(),
+          a.c.layout, table, masked ? reinterpret_cast<uint32_t*>(mask.data_ptr<int32_t>()) : nullptr);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   });
 }
 
-void forward_masked(const LevelArgs& a, at::Tensor& y, at::Tensor& mask) {
-  dispatch_types(a.c.x, a.alpha, [&](auto x_tag, auto p_tag) {
-    using scalar_t = decltype(x_tag);
-    using param_t = decltype(p_tag);
-    using acc_t = acc_type<scalar_t>;
-    const auto& table = level_table<acc_t>(a);
-    math::with_level_search<Scalar<acc_t>, false>(table, [&](auto search) {
-      forward_masked_kernel<scalar_t, acc_t, param_t, decltype(search)>
-          <<<grid_for(a.c.layout.numel), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
-              a.c.x.const_data_ptr<scalar_t>(), y.mutable_data_ptr<scalar_t>(), a.alpha.const_data_ptr<param_t>(),
-              a.c.layout, table, reinterpret_cast<uint32_t*>(mask.mutable_data_ptr<int32_t>()));
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    });
-  });
-}
+void forward(const LevelArgs& a, at::Tensor& y) { launch_forward(a, y, at::Tensor()); }
+void forward_masked(const LevelArgs& a, at::Tensor& y, at::Tensor& mask) { launch_forward(a, y, mask); }
 
 at::Tensor backward(const LevelArgs& a, const at::Tensor& dy, at::Tensor& dx, bool alpha_grad) {
   const int64_t items = a.c.layout.num_items();

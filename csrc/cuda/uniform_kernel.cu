@@ -1,6 +1,6 @@
 // CUDA kernels of the uniform fake-quant ops (their host half is in
-// ops/uniform.cpp). The forward is one elementwise pass; the backward writes dx and, for learned scale/offset, one partial sum
-// per item (a block per item), reduced per parameter on the device.
+// ops/uniform.cpp). The forward is one elementwise pass; the backward writes dx and, for learned scale/offset, one
+// partial sum per item (a block per item), reduced per parameter on the device.
 #include <ATen/cuda/CUDAContext.h>
 
 #include <algorithm>
@@ -19,23 +19,12 @@ namespace {
 
 using math::Scalar;
 
-template <typename scalar_t, typename acc_t, typename scale_t>
+// The forward, and with kMasked its clip mask (cuda/clip_mask.cuh).
+template <bool kMasked, typename scalar_t, typename acc_t, typename scale_t>
 __global__ void forward_kernel(const scalar_t* __restrict__ x, scalar_t* __restrict__ y,
                                const scale_t* __restrict__ scale, const scale_t* __restrict__ zero_point,
-                               RunLayout layout, acc_t qmin, acc_t qmax) {
-  const int64_t stride = int64_t(gridDim.x) * blockDim.x;
-  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < layout.numel; i += stride) {
-    const auto p = math::load_uniform<acc_t>(scale, zero_point, layout.param_of_element(i), qmin, qmax);
-    y[i] = static_cast<scalar_t>(math::uniform_forward<Scalar<acc_t>>(static_cast<acc_t>(x[i]), p));
-  }
-}
-
-// The forward with its clip mask (cuda/clip_mask.cuh).
-template <typename scalar_t, typename acc_t, typename scale_t>
-__global__ void forward_masked_kernel(const scalar_t* __restrict__ x, scalar_t* __restrict__ y,
-                                      const scale_t* __restrict__ scale, const scale_t* __restrict__ zero_point,
-                                      RunLayout layout, acc_t qmin, acc_t qmax, uint32_t* __restrict__ mask) {
-  for_each_masked(layout.numel, mask, [&](int64_t i) {
+                               RunLayout layout, acc_t qmin, acc_t qmax, uint32_t* __restrict__ mask) {
+  for_each_element<kMasked>(layout.numel, mask, [&](int64_t i) {
     const auto p = math::load_uniform<acc_t>(scale, zero_point, layout.param_of_element(i), qmin, qmax);
     const auto r = math::uniform_forward_masked<Scalar<acc_t>>(static_cast<acc_t>(x[i]), p);
     y[i] = static_cast<scalar_t>(r.y);
@@ -71,32 +60,25 @@ __global__ void backward_kernel(const scalar_t* __restrict__ dy, const scalar_t*
   }
 }
 
-void forward(const UniformArgs& a, at::Tensor& y) {
+// mask: undefined for the plain forward.
+void launch_forward(const UniformArgs& a, at::Tensor& y, const at::Tensor& mask) {
   dispatch_types(a.c.x, a.scale, [&](auto x_tag, auto s_tag) {
     using scalar_t = decltype(x_tag);
     using scale_t = decltype(s_tag);
     using acc_t = acc_type<scalar_t>;
-    forward_kernel<scalar_t, acc_t, scale_t>
-        <<<grid_for(a.c.layout.numel), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
-            a.c.x.const_data_ptr<scalar_t>(), y.mutable_data_ptr<scalar_t>(), a.scale.const_data_ptr<scale_t>(),
-            a.zero_point.const_data_ptr<scale_t>(), a.c.layout, acc_t(a.qmin), acc_t(a.qmax));
+    const bool masked = mask.defined();
+    const auto kernel =
+        masked ? forward_kernel<true, scalar_t, acc_t, scale_t> : forward_kernel<false, scalar_t, acc_t, scale_t>;
+    kernel<<<grid_for(a.c.layout.numel), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+        a.c.x.const_data_ptr<scalar_t>(), y.mutable_data_ptr<scalar_t>(), a.scale.const_data_ptr<scale_t>(),
+        a.zero_point.const_data_ptr<scale_t>(), a.c.layout, acc_t(a.qmin), acc_t(a.qmax),
+        masked ? reinterpret_cast<uint32_t*>(mask.data_ptr<int32_t>()) : nullptr);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
 }
 
-void forward_masked(const UniformArgs& a, at::Tensor& y, at::Tensor& mask) {
-  dispatch_types(a.c.x, a.scale, [&](auto x_tag, auto s_tag) {
-    using scalar_t = decltype(x_tag);
-    using scale_t = decltype(s_tag);
-    using acc_t = acc_type<scalar_t>;
-    forward_masked_kernel<scalar_t, acc_t, scale_t>
-        <<<grid_for(a.c.layout.numel), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
-            a.c.x.const_data_ptr<scalar_t>(), y.mutable_data_ptr<scalar_t>(), a.scale.const_data_ptr<scale_t>(),
-            a.zero_point.const_data_ptr<scale_t>(), a.c.layout, acc_t(a.qmin), acc_t(a.qmax),
-            reinterpret_cast<uint32_t*>(mask.mutable_data_ptr<int32_t>()));
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  });
-}
+void forward(const UniformArgs& a, at::Tensor& y) { launch_forward(a, y, at::Tensor()); }
+void forward_masked(const UniformArgs& a, at::Tensor& y, at::Tensor& mask) { launch_forward(a, y, mask); }
 
 at::Tensor backward(const UniformArgs& a, const at::Tensor& dy, at::Tensor& dx, bool param_grads) {
   const int64_t items = a.c.layout.num_items();

@@ -48,8 +48,7 @@ namespace {
 // Allocates the canonical output of dtype `dtype`, runs the backend's kernel
 // on it (non-empty inputs) and restores the layout of `input`.
 template <typename Args, typename Kernel>
-at::Tensor run_codes(const Args& a, const KernelStub<Kernel>& kernel, const at::Tensor& input,
-                     at::ScalarType dtype) {
+at::Tensor run_codes(const Args& a, const KernelStub<Kernel>& kernel, const at::Tensor& input, at::ScalarType dtype) {
   at::Tensor out = at::empty_like(a.c.x, a.c.x.options().dtype(dtype));
   if (input.numel() > 0) kernel(input.device().type())(a, out);
   return a.c.restore(out, input);

@@ -43,7 +43,7 @@ class KernelStub {
 // Registers the host halves of an op family (`register_fn(torch::Library&)`)
 // for every backend built in.
 #ifdef QUANTEXT_WITH_CUDA
-#define QUANTEXT_HOST_IMPL(register_fn)                      \
+#define QUANTEXT_HOST_IMPL(register_fn)                    \
   TORCH_LIBRARY_IMPL(quantext, CPU, m) { register_fn(m); } \
   TORCH_LIBRARY_IMPL(quantext, CUDA, m) { register_fn(m); }
 #else

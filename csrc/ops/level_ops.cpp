@@ -139,8 +139,8 @@ std::tuple<at::Tensor, at::Tensor> fake_quant_levels_masked_host(const at::Tenso
                                                                  int64_t k, c10::string_view rounding,
                                                                  std::optional<int64_t> axis) {
   const c10::OptionalDeviceGuard guard(at::device_of(x));
-  const auto a = prepare_levels("quantext.fake_quant_levels_masked", x, alpha, scheme, bits, is_signed, k, rounding,
-                                axis);
+  const auto a =
+      prepare_levels("quantext.fake_quant_levels_masked", x, alpha, scheme, bits, is_signed, k, rounding, axis);
   at::Tensor y = a.c.empty_out();
   if (!has_clip_mask_order(a.c)) {
     if (x.numel() > 0) level_forward_kernel(x.device().type())(a, y);

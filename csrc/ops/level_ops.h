@@ -34,8 +34,7 @@ LevelArgs prepare_levels(const char* op, const at::Tensor& x, const at::Tensor& 
 // Kernels of the level ops. Non-empty inputs, canonical layout; the backward
 // returns the per-item alpha-gradient partials [1, items] with alpha_grad.
 using LevelForwardKernel = void (*)(const LevelArgs& a, at::Tensor& y);
-using LevelBackwardKernel = at::Tensor (*)(const LevelArgs& a, const at::Tensor& dy, at::Tensor& dx,
-                                           bool alpha_grad);
+using LevelBackwardKernel = at::Tensor (*)(const LevelArgs& a, const at::Tensor& dy, at::Tensor& dx, bool alpha_grad);
 // The same with the clip mask (math/clip_mask.h; zeroed words) written too.
 using LevelMaskedKernel = void (*)(const LevelArgs& a, at::Tensor& y, at::Tensor& mask);
 extern KernelStub<LevelForwardKernel> level_forward_kernel;

@@ -12,7 +12,7 @@ import torch.distributed as dist
 from torch import nn
 from tqdm.auto import tqdm
 
-from .checkpoint import atomic
+from ._transaction import atomic
 from .prepare import name_quantizers
 from .qat import quantizers
 

@@ -45,7 +45,7 @@ import torch
 from torch import nn
 
 from ..calibration import Observer, make_observer
-from ..checkpoint import atomic
+from .._transaction import atomic
 from ..functional import weight_normalize
 from ..schemes import _fake_quant as fake_quant
 from ..spec import QuantSpec
