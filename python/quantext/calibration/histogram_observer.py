@@ -157,11 +157,6 @@ class HistogramObserver(Observer):
         self.hist = _merge_bins(self.hist, shift.long())
         self.amax = target
 
-    @torch.no_grad()
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        with self._observe_lock():
-            return self._record(x)
-
     def _record(self, x: torch.Tensor) -> torch.Tensor:
         # In the input's own precision (float64 values beyond float32's range are kept), with
         # temporaries below the input's size (chunked_moments; the histogram op reads x itself).

@@ -14,26 +14,13 @@ DDP ranks with :meth:`Observer.all_reduce_`, and answers
 
 from __future__ import annotations
 
-import threading
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
+from .._thread_lock import ThreadLock, module_lock
 from ..spec import QuantSpec
-
-
-class _Lock:
-    """A lock that a deepcopy or pickle of its module replaces by a fresh one."""
-
-    def __init__(self) -> None:
-        self.lock = threading.RLock()
-
-    def __deepcopy__(self, memo) -> "_Lock":
-        return _Lock()
-
-    def __reduce__(self):
-        return (_Lock, ())
 
 
 def observed_input(x: torch.Tensor, who: str) -> torch.Tensor:
@@ -73,7 +60,7 @@ class Observer(nn.Module):
         if axis is not None and (isinstance(axis, bool) or not isinstance(axis, int)):
             raise TypeError(f"{type(self).__name__}: axis must be an int or None, got {axis!r}")
         self.axis = axis
-        self._lock = _Lock()
+        self._lock = ThreadLock()
 
     def _apply(self, fn, recurse: bool = True):
         """Moves the statistics with the module but keeps their dtypes: casting a model
@@ -88,11 +75,14 @@ class Observer(nn.Module):
 
         return super()._apply(keep_dtype, recurse)
 
-    def _observe_lock(self) -> threading.RLock:
-        lock = self.__dict__.get("_lock")
-        if lock is None:  # an observer unpickled from an older version
-            lock = self._lock = _Lock()
-        return lock.lock
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Records ``x`` (returned unchanged)."""
+        with module_lock(self):
+            return self._record(x)
+
+    def _record(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
 
     def _axis_of(self, x: torch.Tensor) -> int | None:
         if self.axis is None:
@@ -160,11 +150,6 @@ class MinMaxObserver(Observer):
         axis, dims = self._reduce_dims(x)
         lo, hi = finite_extremes(x, dims)
         return lo.reshape(-1), hi.reshape(-1)
-
-    @torch.no_grad()
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        with self._observe_lock():
-            return self._record(x)
 
     def _record(self, x: torch.Tensor) -> torch.Tensor:
         out = x

@@ -38,13 +38,13 @@ from __future__ import annotations
 
 import math
 import sys
-import threading
 from typing import Any, Sequence
 
 import torch
 from torch import nn
 
 from ..calibration import Observer, make_observer
+from .._thread_lock import ThreadLock, module_lock
 from .._transaction import atomic
 from ..functional import weight_normalize
 from ..schemes import _fake_quant as fake_quant
@@ -156,19 +156,6 @@ def _load_is_strict() -> bool:
     return True
 
 
-class _ThreadLock:
-    """A lock that is not copied with its module (deepcopy/pickle get a fresh one)."""
-
-    def __init__(self) -> None:
-        self.lock = threading.RLock()
-
-    def __deepcopy__(self, memo) -> "_ThreadLock":
-        return _ThreadLock()
-
-    def __reduce__(self):
-        return (_ThreadLock, ())
-
-
 def _qparam_tensor(where: str, name: str, value: Any, dtype: torch.dtype | None) -> torch.Tensor:
     """``value`` (a tensor or real numbers) as a tensor, or a TypeError naming ``name``."""
     if isinstance(value, torch.Tensor):
@@ -230,7 +217,7 @@ class Quantizer(MirroredStateMixin, nn.Module):
         self._register_mirrored("fake_quant_enabled", 1)
         self._register_mirrored("observer_enabled", 0)
         self._register_mirrored("initialized", 0)
-        self._lock = _ThreadLock()
+        self._lock = ThreadLock()
 
     # ----------------------------------------------------------------- casting
     def _apply(self, fn, recurse: bool = True):
@@ -477,8 +464,7 @@ class Quantizer(MirroredStateMixin, nn.Module):
     def _observe(self, x: torch.Tensor) -> None:
         if x.is_complex():
             raise TypeError(f"{self._where()}: complex tensors cannot be quantized (got {x.dtype})")
-        lock = self.__dict__.get("_lock") or self.__dict__.setdefault("_lock", _ThreadLock())
-        with lock.lock:
+        with module_lock(self):
             try:
                 self._check_shape(x)
                 self.observer(self._observed_tensor(x))
