@@ -85,10 +85,7 @@ void dequantize_levels(const LevelArgs& a, at::Tensor& y) {
 
 }  // namespace
 
-QUANTEXT_REGISTER_KERNEL(quantize_uniform_kernel, CPU, &quantize_uniform);
-QUANTEXT_REGISTER_KERNEL(dequantize_uniform_kernel, CPU, &dequantize_uniform);
-QUANTEXT_REGISTER_KERNEL(quantize_levels_kernel, CPU, &quantize_levels);
-QUANTEXT_REGISTER_KERNEL(dequantize_levels_kernel, CPU, &dequantize_levels);
+QUANTEXT_REGISTER_CODES_KERNELS(CPU);
 
 }  // namespace cpu
 }  // namespace quantext

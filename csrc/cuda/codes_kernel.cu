@@ -108,10 +108,7 @@ void dequantize_levels(const LevelArgs& a, at::Tensor& y) {
 
 }  // namespace
 
-QUANTEXT_REGISTER_KERNEL(quantize_uniform_kernel, CUDA, &quantize_uniform);
-QUANTEXT_REGISTER_KERNEL(dequantize_uniform_kernel, CUDA, &dequantize_uniform);
-QUANTEXT_REGISTER_KERNEL(quantize_levels_kernel, CUDA, &quantize_levels);
-QUANTEXT_REGISTER_KERNEL(dequantize_levels_kernel, CUDA, &dequantize_levels);
+QUANTEXT_REGISTER_CODES_KERNELS(CUDA);
 
 }  // namespace cuda
 }  // namespace quantext

@@ -34,4 +34,11 @@ extern KernelStub<UniformCodesKernel> dequantize_uniform_kernel;
 extern KernelStub<LevelCodesKernel> quantize_levels_kernel;
 extern KernelStub<LevelCodesKernel> dequantize_levels_kernel;
 
+// A backend registers its four code kernels, named after the ops, in its namespace.
+#define QUANTEXT_REGISTER_CODES_KERNELS(DEVICE)                                     \
+  QUANTEXT_REGISTER_KERNEL(quantize_uniform_kernel, DEVICE, &quantize_uniform);     \
+  QUANTEXT_REGISTER_KERNEL(dequantize_uniform_kernel, DEVICE, &dequantize_uniform); \
+  QUANTEXT_REGISTER_KERNEL(quantize_levels_kernel, DEVICE, &quantize_levels);       \
+  QUANTEXT_REGISTER_KERNEL(dequantize_levels_kernel, DEVICE, &dequantize_levels)
+
 }  // namespace quantext

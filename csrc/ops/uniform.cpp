@@ -32,7 +32,8 @@ UniformArgs prepare_uniform(const char* op, const at::Tensor& x, const at::Tenso
   Canonical c = codes ? canonicalize_codes(op, x, scale, "scale", axis, group_size)
                       : canonicalize(op, x, scale, "scale", axis, group_size);
   UniformArgs a{std::move(c), {}, {}, qmin, qmax};
-  check_values(op, {positive_finite(scale, "scale"), zero_point_in_range(zero_point, qmin, qmax)});
+  // A subnormal scale passes the first rule and is caught by the second.
+  check_values(op, {positive_finite(scale, "scale"), normal_scale(scale), zero_point_in_range(zero_point, qmin, qmax)});
   a.scale = canonical_params(a.c, scale);
   a.zero_point = canonical_params(a.c, zero_point.to(scale.scalar_type()));
   return a;

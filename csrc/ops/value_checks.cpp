@@ -75,6 +75,15 @@ ValueCheck positive_finite(const at::Tensor& t, const char* name) {
                      [name] { return std::string(name) + " must be positive and finite"; });
 }
 
+ValueCheck normal_scale(const at::Tensor& scale) {
+  const bool single = scale.scalar_type() == at::kFloat;
+  const double lo = single ? std::numeric_limits<float>::min() : std::numeric_limits<double>::min();
+  return range_check(scale, lo, std::numeric_limits<double>::max(), false, [single, lo] {
+    return c10::str("scale must be normal (at least ", lo, ", the smallest normal ", single ? "float32" : "float64",
+                    ", so that 1/scale is finite)");
+  });
+}
+
 ValueCheck zero_point_in_range(const at::Tensor& zero_point, int64_t qmin, int64_t qmax) {
   return range_check(zero_point, static_cast<double>(qmin), static_cast<double>(qmax),
                      at::isFloatingType(zero_point.scalar_type()),

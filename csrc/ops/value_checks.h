@@ -24,6 +24,9 @@ struct ValueCheck {
 };
 
 ValueCheck positive_finite(const at::Tensor& t, const char* name);
+// A uniform scale: positive, finite and normal in its own dtype, so that its
+// reciprocal is finite (a float32 scale below 2^-126 would turn 0 * (1/s) into NaN).
+ValueCheck normal_scale(const at::Tensor& scale);
 ValueCheck zero_point_in_range(const at::Tensor& zero_point, int64_t qmin, int64_t qmax);
 ValueCheck integers_in_range(const at::Tensor& t, int64_t lo, int64_t hi, std::function<std::string()> rule);
 

@@ -649,10 +649,14 @@ def test_bad_arguments_name_the_argument(call, exc, match):
         call()
 
 
-def test_subnormal_scale_documented_behaviour():
-    """Item 7 (C++): a float32-subnormal scale. Python's set_qparams takes it (it is
-    positive and finite); what the kernel does with it is the lead's C++ fix. Here
-    we pin only that nothing crashes and the result has the input's shape."""
-    x = torch.tensor([0.0, 1e-39])
-    y = qx.fake_quant_uniform(x, torch.tensor(1e-39), torch.tensor(0, dtype=torch.int32), -128, 127)
-    assert y.shape == x.shape
+@pytest.mark.parametrize("dtype, scale", [(torch.float32, 1e-39), (torch.float32, 2.0**-127),
+                                          (torch.float64, 1e-310)])
+def test_subnormal_scale_is_an_error(dtype, scale):
+    """Item 7: a subnormal scale has no finite reciprocal (0 * inf = NaN): an error naming it,
+    not a NaN output. The smallest normal scale still works, bit-exact with ATen."""
+    x = torch.tensor([0.0, 1e-39], dtype=dtype)
+    with pytest.raises(ValueError, match=r"scale must be normal \(at least .*\), got "):
+        qx.fake_quant_uniform(x, torch.tensor(scale, dtype=dtype), torch.tensor(0, dtype=torch.int32), -128, 127)
+    tiny = torch.tensor(torch.finfo(torch.float32).tiny)
+    y = qx.fake_quant_uniform(x.float(), tiny, torch.tensor(0, dtype=torch.int32), -128, 127)
+    assert torch.equal(y, torch.fake_quantize_per_tensor_affine(x.float(), float(tiny), 0, -128, 127))

@@ -15,6 +15,8 @@ DDP ranks with :meth:`Observer.all_reduce_`, and answers
 from __future__ import annotations
 
 
+from typing import Callable
+
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -47,6 +49,20 @@ def finite_extremes(x: torch.Tensor, dims: tuple[int, ...] | None) -> tuple[torc
     return lo, hi
 
 
+def keeping_dtypes(fn, tensors) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``fn`` for ``nn.Module._apply`` that moves ``tensors`` (None entries allowed)
+    to the device ``fn`` gives them but keeps their dtype."""
+    own = {id(t) for t in tensors if t is not None}
+
+    def keep_dtype(t: torch.Tensor) -> torch.Tensor:
+        out = fn(t)
+        if id(t) in own and isinstance(out, torch.Tensor) and out.dtype != t.dtype:
+            return t.to(device=out.device)
+        return out
+
+    return keep_dtype
+
+
 class Observer(nn.Module):
     """Base class. ``axis=None`` observes per tensor, else per index of ``axis``.
 
@@ -65,15 +81,7 @@ class Observer(nn.Module):
     def _apply(self, fn, recurse: bool = True):
         """Moves the statistics with the module but keeps their dtypes: casting a model
         (``model.half()``) must not round the recorded ranges."""
-        own = {id(t) for t in self._buffers.values() if t is not None}
-
-        def keep_dtype(t: torch.Tensor) -> torch.Tensor:
-            out = fn(t)
-            if id(t) in own and isinstance(out, torch.Tensor) and out.dtype != t.dtype:
-                return t.to(device=out.device)
-            return out
-
-        return super()._apply(keep_dtype, recurse)
+        return super()._apply(keeping_dtypes(fn, self._buffers.values()), recurse)
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -44,6 +44,7 @@ import torch
 from torch import nn
 
 from ..calibration import Observer, make_observer
+from ..calibration.observers import keeping_dtypes
 from .._thread_lock import ThreadLock, module_lock
 from .._transaction import atomic
 from ..functional import weight_normalize
@@ -228,16 +229,8 @@ class Quantizer(MirroredStateMixin, nn.Module):
         and a cast through half would also round it. So ``scale``,
         ``zero_point`` and ``alpha`` (and their gradients) keep their dtype and
         take only the new device."""
-        own = {id(t) for t in self._state().values() if t is not None}
-        own |= {id(t.grad) for t in self._state().values() if t is not None and t.grad is not None}
-
-        def keep_dtype(t: torch.Tensor) -> torch.Tensor:
-            out = fn(t)
-            if id(t) in own and isinstance(out, torch.Tensor) and out.dtype != t.dtype:
-                return t.to(device=out.device)
-            return out
-
-        return super()._apply(keep_dtype, recurse)
+        state = [t for t in self._state().values() if t is not None]
+        return super()._apply(keeping_dtypes(fn, state + [t.grad for t in state]), recurse)
 
     # ----------------------------------------------------------------- spec in the state dict
     def get_extra_state(self) -> dict[str, Any]:
