@@ -141,14 +141,7 @@ std::tuple<at::Tensor, at::Tensor> fake_quant_levels_masked_host(const at::Tenso
   const c10::OptionalDeviceGuard guard(at::device_of(x));
   const auto a =
       prepare_levels("quantext.fake_quant_levels_masked", x, alpha, scheme, bits, is_signed, k, rounding, axis);
-  at::Tensor y = a.c.empty_out();
-  if (!has_clip_mask_order(a.c)) {
-    if (x.numel() > 0) level_forward_kernel(x.device().type())(a, y);
-    return {a.c.restore(y, x), empty_clip_mask(x)};
-  }
-  at::Tensor mask = zeroed_clip_mask(x);
-  if (x.numel() > 0) level_masked_kernel(x.device().type())(a, y, mask);
-  return {a.c.restore(y, x), mask};
+  return masked_forward(a, x, level_forward_kernel, level_masked_kernel);
 }
 
 std::tuple<at::Tensor, at::Tensor> fake_quant_levels_backward_host(const at::Tensor& grad, const at::Tensor& x,

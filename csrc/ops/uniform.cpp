@@ -58,14 +58,7 @@ std::tuple<at::Tensor, at::Tensor> fake_quant_uniform_masked_host(const at::Tens
   const char* op = "quantext.fake_quant_uniform_masked";
   const c10::OptionalDeviceGuard guard(at::device_of(x));
   const auto a = prepare_uniform(op, x, scale, zero_point, qmin, qmax, axis, group_size);
-  at::Tensor y = a.c.empty_out();
-  if (!has_clip_mask_order(a.c)) {
-    if (x.numel() > 0) uniform_forward_kernel(x.device().type())(a, y);
-    return {a.c.restore(y, x), empty_clip_mask(x)};
-  }
-  at::Tensor mask = zeroed_clip_mask(x);
-  if (x.numel() > 0) uniform_masked_kernel(x.device().type())(a, y, mask);
-  return {a.c.restore(y, x), mask};
+  return masked_forward(a, x, uniform_forward_kernel, uniform_masked_kernel);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> fake_quant_uniform_backward_host(
