@@ -11,6 +11,7 @@ glibc's defaults.
 
 from __future__ import annotations
 
+import argparse
 import ctypes
 import os
 import platform
@@ -78,3 +79,13 @@ def sizes(quick: bool, full: bool = False) -> list[int]:
     """Element counts 1e4 .. 1e7 (1e8 with ``full``; up to 1e6 when ``quick``)."""
     top = 8 if full else (6 if quick else 7)
     return [10**k for k in range(4, top + 1)]
+
+
+def size_sweep_main(run: Callable[[bool, bool, str], str], doc: str | None) -> None:
+    """Command line of the size-sweep benchmarks: ``[--quick] [--full] [--device D]``, prints ``run``'s report."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="sizes up to 1e6")
+    parser.add_argument("--full", action="store_true", help="sizes up to 1e8")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    args = parser.parse_args()
+    print(run(args.quick, args.full, args.device))

@@ -136,9 +136,13 @@ def run(quick: bool, device: str = "cpu", batch: int = BATCH, size: int = SIZE, 
     header = ["configuration", "step (ms)", "time / FP32"] + (["first step (s)", "recompiles"] if compile else [])
     note = (" Compiled rows: the model under torch.compile (inductor), the ratio to the compiled FP32 step."
             if compile else "")
+    versus = (f"\n\nquantext W8A8 / FP32: default (bn_stats=exact) {medians['quantext W8A8'] / medians['FP32']:.2f}, "
+              f"bn_stats=approx {medians['quantext W8A8, bn_stats=approx'] / medians['FP32']:.2f}; "
+              f"torch.ao QAT / FP32: {medians['torch.ao QAT (fbgemm)'] / medians['FP32']:.2f}; "
+              f"default quantext / torch.ao: {medians['quantext W8A8'] / medians['torch.ao QAT (fbgemm)']:.2f}.")
     return (f"### QAT training step, ResNet-18, batch {batch} at {size}x{size}, {device}\n\n"
             f"{machine()}; median of {repeats} steps after {warmup} warm-up rounds, configurations interleaved."
-            f"{note}\n\n" + markdown_table(header, rows))
+            f"{note}\n\n" + markdown_table(header, rows) + versus)
 
 
 def main() -> None:

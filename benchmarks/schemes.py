@@ -16,7 +16,6 @@ forward, which benchmarks/gpu.py measures on its own.
 
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import sys
@@ -25,7 +24,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import machine, markdown_table, median_seconds, sizes  # noqa: E402
+from common import machine, markdown_table, median_seconds, size_sweep_main, sizes  # noqa: E402
 
 import quantext as qx  # noqa: E402
 from quantext.functional import fake_quant_levels  # noqa: E402
@@ -120,9 +119,4 @@ def run(quick: bool = False, full: bool = False, device: str = "cpu") -> str:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="sizes up to 1e6")
-    parser.add_argument("--full", action="store_true", help="sizes up to 1e8")
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    args = parser.parse_args()
-    print(run(args.quick, args.full, args.device))
+    size_sweep_main(run, __doc__)

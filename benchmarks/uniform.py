@@ -10,23 +10,24 @@ backward in both (20 B, a lower bound for ATen's composition). The smallest size
 (128 elements) measures the per-call overhead: argument and value checks,
 dispatch, autograd; there a module-path row also times a calibrated
 ``qx.nn.Quantizer`` (per tensor, 8-bit) against the same ATen op, i.e. what a
-QAT layer pays per quantizer call.
+QAT layer pays per quantizer call. A second table times the per-channel ops on
+the same values with the channel axis outermost and innermost in memory.
 
     python benchmarks/uniform.py [--quick] [--full]
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import machine, markdown_table, median_seconds, sizes  # noqa: E402
+from common import machine, markdown_table, median_seconds, size_sweep_main, sizes  # noqa: E402
 
 import quantext as qx  # noqa: E402
+from quantext.functional import fake_quant_levels  # noqa: E402
 
 CHANNELS = 64
 OVERHEAD_SIZE = 128  # elements: the call costs more than the arithmetic
@@ -81,13 +82,41 @@ def run(quick: bool = False, full: bool = False, device: str = "cpu") -> str:
                          f"{ours_bytes:g}", f"{aten_bytes:g}", ours_bytes * n / t_ours / 1e9])
     table = markdown_table(["op", "elements", "quantext µs", "ATen µs", "ATen/quantext", "quantext B/elem",
                             "ATen B/elem", "quantext GB/s"], rows)
-    return f"Uniform fake quant ({device}; {machine()})\n\n{table}\n"
+    layout_rows = [row for n in sizes(quick, full)[1:] for row in axis_layout_rows(n - n % CHANNELS, device)]
+    layouts = markdown_table(["op", "elements", "axis outermost µs", "axis innermost µs", "innermost/outermost"],
+                             layout_rows)
+    return (f"Uniform fake quant ({device}; {machine()})\n\n{table}\n\n"
+            f"Per channel, channel axis outermost ([C, N], axis 0) vs innermost ([N, C], axis 1), same values:\n\n"
+            f"{layouts}\n")
+
+
+def axis_layout_rows(n: int, device: str) -> list[list[object]]:
+    """Per-channel ops on the same values laid out with the channel axis outermost and innermost."""
+    outer = torch.randn(CHANNELS, n // CHANNELS, device=device) * 3
+    inner = outer.t().contiguous().t()  # the same [C, N] view, channel axis innermost in memory
+    g = torch.randn_like(outer)
+    sc = torch.rand(CHANNELS, device=device) * 0.05 + 0.01
+    zc = torch.zeros(CHANNELS, device=device)
+    alpha = torch.rand(CHANNELS, device=device) + 2
+
+    def step(x, learned):
+        x = x.detach().requires_grad_()
+        s = sc.clone().requires_grad_(learned)
+        z = zc.clone().requires_grad_(learned)
+        return lambda: qx.fake_quant_uniform(x, s, z, -128, 127, axis=0).backward(g)
+
+    ops = [("per-channel fwd", lambda x: lambda: qx.fake_quant_uniform(x, sc, zc, -128, 127, axis=0)),
+           ("per-channel fwd+bwd", lambda x: step(x, False)),
+           ("LSQ+ per-channel fwd+bwd", lambda x: step(x, True)),
+           ("APoT-8 per-channel fwd", lambda x: lambda: fake_quant_levels(x, alpha, "apot", 8, True, axis=0))]
+    rows = []
+    for name, make in ops:
+        repeats = 15 if n <= 10**6 else 5
+        t_outer = median_seconds(make(outer), repeats=repeats)
+        t_inner = median_seconds(make(inner), repeats=repeats)
+        rows.append([name, f"{n:.0e}", t_outer * 1e6, t_inner * 1e6, t_inner / t_outer])
+    return rows
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="sizes up to 1e6")
-    parser.add_argument("--full", action="store_true", help="sizes up to 1e8")
-    parser.add_argument("--device", default="cpu")
-    args = parser.parse_args()
-    print(run(args.quick, args.full, args.device))
+    size_sweep_main(run, __doc__)

@@ -131,7 +131,7 @@ class Recipe:
     calibration_batches: int = 8
     learnable: bool = True  # LSQ scales (uniform), learned clipping alpha (PoT/APoT)
     augment: bool = True
-    bn_stats: str = "exact"  # BN folding while training, as prepare_qat (docs/demo.md)
+    bn_stats: str = "exact"  # BN folding while training, as prepare_qat (docs/bn_folding.md)
 
 
 def qconfig(scheme: str, bits: int, calibration: str, learnable: bool) -> qx.QConfig:

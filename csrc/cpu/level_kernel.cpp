@@ -9,7 +9,7 @@
 #include <utility>
 
 #include "cpu/level_buckets.h"
-#include "cpu/runs.h"
+#include "cpu/param_source.h"
 #include "cpu/scaled_table.h"
 #include "cpu/vec_loops.h"
 #include "ops/dispatch.h"
@@ -37,72 +37,69 @@ void with_grid(const math::LevelTable<acc_t>& table, const param_t* alpha, int64
   });
 }
 
-// fn(tag, search, grid, item, begin, length, alpha) over every item: the grid
-// in the compute type of the input (scalar_t of tag) with its search.
-template <typename F>
+// fn(tag, search, grid, item, begin, length, src) over every item: the grid
+// in the compute type of the input (scalar_t of tag) with its search, src the
+// item's source of alpha with S gradient sums.
+template <size_t S, typename F>
 void for_each_level_item(const LevelArgs& a, const F& fn) {
   dispatch_types(a.c.x, a.alpha, [&](auto x_tag, auto p_tag) {
     using param_t = decltype(p_tag);
     using acc_t = acc_type<decltype(x_tag)>;
     const param_t* ap = a.alpha.const_data_ptr<param_t>();
+    const auto params = [&](int64_t i) { return std::array<acc_t, 1>{static_cast<acc_t>(ap[i])}; };
     with_grid(cpu_level_table<acc_t>(a).table, ap, a.alpha.numel(), [&](auto search, const auto& grid) {
-      for_each_item(a.c.layout, [&](int64_t item, int64_t begin, int64_t len) {
-        fn(x_tag, search, grid, item, begin, len, static_cast<acc_t>(ap[a.c.layout.param_of_item(item)]));
+      for_each_source<acc_t, 1, S>(a.c.layout, params, [&](int64_t item, int64_t begin, int64_t len, auto& src) {
+        fn(x_tag, search, grid, item, begin, len, src);
       });
     });
   });
 }
 
 void forward(const LevelArgs& a, at::Tensor& y) {
-  for_each_level_item(a, [&](auto tag, auto search, const auto& grid, int64_t, int64_t begin, int64_t len, auto s) {
-    using scalar_t = decltype(tag);
-    using S = decltype(search);
-    map_run<decltype(s)>(a.c.x.const_data_ptr<scalar_t>() + begin, y.mutable_data_ptr<scalar_t>() + begin, len,
-                         [&]<typename P>(typename P::V v) { return math::levels_forward<P, S>(v, P::splat(s), grid); });
-  });
+  for_each_level_item<0>(
+      a, [&](auto tag, auto search, const auto& grid, int64_t, int64_t begin, int64_t len, auto& src) {
+        using scalar_t = decltype(tag);
+        using S = decltype(search);
+        map_run<acc_type<decltype(tag)>>(
+            a.c.x.const_data_ptr<scalar_t>() + begin, y.mutable_data_ptr<scalar_t>() + begin, len, src,
+            [&]<typename P>(typename P::V v, const auto& l) { return math::levels_forward<P, S>(v, l[0], grid); });
+      });
 }
 
 void forward_masked(const LevelArgs& a, at::Tensor& y, at::Tensor& mask) {
   auto* words = reinterpret_cast<uint32_t*>(mask.mutable_data_ptr<int32_t>());
-  for_each_level_item(a, [&](auto tag, auto search, const auto& grid, int64_t, int64_t begin, int64_t len, auto s) {
+  for_each_level_item<0>(a, [&](auto tag, auto search, const auto& grid, int64_t, int64_t begin, int64_t len,
+                                auto& src) {
     using scalar_t = decltype(tag);
     using S = decltype(search);
     MaskWriter bits(words, begin, len);
-    map_run_masked<decltype(s)>(
-        a.c.x.const_data_ptr<scalar_t>() + begin, y.mutable_data_ptr<scalar_t>() + begin, len, bits,
-        [&]<typename P>(typename P::V v) { return math::levels_forward_masked<P, S>(v, P::splat(s), grid); });
+    map_run_masked<acc_type<decltype(tag)>>(
+        a.c.x.const_data_ptr<scalar_t>() + begin, y.mutable_data_ptr<scalar_t>() + begin, len, bits, src,
+        [&]<typename P>(typename P::V v, const auto& l) { return math::levels_forward_masked<P, S>(v, l[0], grid); });
   });
 }
 
 at::Tensor backward(const LevelArgs& a, const at::Tensor& dy, at::Tensor& dx, bool alpha_grad) {
-  at::Tensor partials = at::empty({alpha_grad ? 1 : 0, a.c.layout.num_items()}, a.c.x.options().dtype(at::kDouble));
-  double* part = partials.mutable_data_ptr<double>();
-  for_each_level_item(a,
-                      [&](auto tag, auto search, const auto& grid, int64_t item, int64_t begin, int64_t len, auto s) {
-                        using scalar_t = decltype(tag);
-                        using S = decltype(search);
-                        using acc_t = decltype(s);
-                        const auto g = [&]<typename P>(typename P::V d, typename P::V v) {
-                          const auto r = math::levels_backward<P, S>(d, v, P::splat(s), grid);
-                          return std::pair{r.dx, std::array{r.dalpha}};
-                        };
-                        const scalar_t* dyp = dy.const_data_ptr<scalar_t>() + begin;
-                        const scalar_t* xp = a.c.x.const_data_ptr<scalar_t>() + begin;
-                        scalar_t* dxp = dx.mutable_data_ptr<scalar_t>() + begin;
-                        if (alpha_grad) {
-                          part[item] = grad_run<true, acc_t>(dyp, xp, dxp, len, g)[0];
-                        } else {
-                          grad_run<false, acc_t>(dyp, xp, dxp, len, g);
-                        }
-                      });
+  at::Tensor partials = a.c.partials(alpha_grad ? 1 : 0, at::kDouble);
+  with_flag(alpha_grad, [&](auto sums) {
+    constexpr bool kSum = decltype(sums)::value;
+    for_each_level_item<kSum ? 1 : 0>(
+        a, [&](auto tag, auto search, const auto& grid, int64_t item, int64_t begin, int64_t len, auto& src) {
+          using S = decltype(search);
+          grad_item<kSum, acc_type<decltype(tag)>, decltype(tag)>(
+              dy, a.c.x, dx, partials, item, begin, len, src,
+              [&]<typename P>(typename P::V d, typename P::V v, const auto& l) {
+                const auto r = math::levels_backward<P, S>(d, v, l[0], grid);
+                return std::pair{r.dx, std::array{r.dalpha}};
+              });
+        });
+  });
   return partials;
 }
 
 }  // namespace
 
-QUANTEXT_REGISTER_KERNEL(level_forward_kernel, CPU, &forward);
-QUANTEXT_REGISTER_KERNEL(level_masked_kernel, CPU, &forward_masked);
-QUANTEXT_REGISTER_KERNEL(level_backward_kernel, CPU, &backward);
+QUANTEXT_REGISTER_FAKE_QUANT_KERNELS(level, CPU);
 
 }  // namespace cpu
 }  // namespace quantext

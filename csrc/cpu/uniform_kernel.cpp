@@ -5,7 +5,7 @@
 #include <cstdint>
 #include <utility>
 
-#include "cpu/runs.h"
+#include "cpu/param_source.h"
 #include "cpu/vec_loops.h"
 #include "ops/dispatch.h"
 #include "ops/uniform.h"
@@ -14,81 +14,74 @@ namespace quantext {
 namespace cpu {
 namespace {
 
-using math::UniformParams;
-
-// The parameters in the lanes of policy P (broadcast once per run).
+// The parameters of a vector from its source's (scale, 1/scale, zero point).
 template <typename P, typename acc_t>
-UniformParams<typename P::V> lanes(const UniformParams<acc_t>& p) {
-  return {P::splat(p.scale), P::splat(p.inv_scale), P::splat(p.zero_point), P::splat(p.qmin), P::splat(p.qmax)};
+math::UniformParams<typename P::V> params_of(const std::array<typename P::V, 3>& l, acc_t qmin, acc_t qmax) {
+  return {l[0], l[1], l[2], P::splat(qmin), P::splat(qmax)};
 }
 
-// fn(item, begin, length, params) over every item, with the item's parameters
-// in the compute type of the input.
-template <typename F>
+// fn(tag, item, begin, length, src, qmin, qmax) over every item: src the
+// item's source of (scale, 1/scale, zero point) in the compute type of the
+// input (scalar_t of tag), with S gradient sums.
+template <size_t S, typename F>
 void for_each_uniform_item(const UniformArgs& a, const F& fn) {
   dispatch_types(a.c.x, a.scale, [&](auto x_tag, auto s_tag) {
-    using scalar_t = decltype(x_tag);
-    using scale_t = decltype(s_tag);
-    using acc_t = acc_type<scalar_t>;
-    const scale_t* sp = a.scale.const_data_ptr<scale_t>();
-    const scale_t* zp = a.zero_point.const_data_ptr<scale_t>();
-    for_each_item(a.c.layout, [&](int64_t item, int64_t begin, int64_t len) {
-      const auto p = math::load_uniform<acc_t>(sp, zp, a.c.layout.param_of_item(item), acc_t(a.qmin), acc_t(a.qmax));
-      fn(scalar_t{}, item, begin, len, p);
+    using acc_t = acc_type<decltype(x_tag)>;
+    const acc_t qmin(a.qmin), qmax(a.qmax);
+    const auto* sp = a.scale.const_data_ptr<decltype(s_tag)>();
+    const auto* zp = a.zero_point.const_data_ptr<decltype(s_tag)>();
+    const auto params = [&](int64_t i) {
+      const auto p = math::load_uniform<acc_t>(sp, zp, i, qmin, qmax);
+      return std::array<acc_t, 3>{p.scale, p.inv_scale, p.zero_point};
+    };
+    for_each_source<acc_t, 3, S>(a.c.layout, params, [&](int64_t item, int64_t begin, int64_t len, auto& src) {
+      fn(x_tag, item, begin, len, src, qmin, qmax);
     });
   });
 }
 
 void forward(const UniformArgs& a, at::Tensor& y) {
-  for_each_uniform_item(a, [&](auto tag, int64_t, int64_t begin, int64_t len, const auto& p) {
+  for_each_uniform_item<0>(a, [&](auto tag, int64_t, int64_t begin, int64_t len, auto& src, auto qmin, auto qmax) {
     using scalar_t = decltype(tag);
-    using acc_t = acc_type<scalar_t>;
-    map_run<acc_t>(a.c.x.const_data_ptr<scalar_t>() + begin, y.mutable_data_ptr<scalar_t>() + begin, len,
-                   [&]<typename P>(typename P::V v) { return math::uniform_forward<P>(v, lanes<P>(p)); });
+    map_run<decltype(qmin)>(a.c.x.const_data_ptr<scalar_t>() + begin, y.mutable_data_ptr<scalar_t>() + begin, len, src,
+                            [&]<typename P>(typename P::V v, const auto& l) {
+                              return math::uniform_forward<P>(v, params_of<P>(l, qmin, qmax));
+                            });
   });
 }
 
 void forward_masked(const UniformArgs& a, at::Tensor& y, at::Tensor& mask) {
   auto* words = reinterpret_cast<uint32_t*>(mask.mutable_data_ptr<int32_t>());
-  for_each_uniform_item(a, [&](auto tag, int64_t, int64_t begin, int64_t len, const auto& p) {
+  for_each_uniform_item<0>(a, [&](auto tag, int64_t, int64_t begin, int64_t len, auto& src, auto qmin, auto qmax) {
     using scalar_t = decltype(tag);
-    using acc_t = acc_type<scalar_t>;
     MaskWriter bits(words, begin, len);
-    map_run_masked<acc_t>(a.c.x.const_data_ptr<scalar_t>() + begin, y.mutable_data_ptr<scalar_t>() + begin, len, bits,
-                          [&]<typename P>(typename P::V v) { return math::uniform_forward_masked<P>(v, lanes<P>(p)); });
+    map_run_masked<decltype(qmin)>(a.c.x.const_data_ptr<scalar_t>() + begin, y.mutable_data_ptr<scalar_t>() + begin,
+                                   len, bits, src, [&]<typename P>(typename P::V v, const auto& l) {
+                                     return math::uniform_forward_masked<P>(v, params_of<P>(l, qmin, qmax));
+                                   });
   });
 }
 
 at::Tensor backward(const UniformArgs& a, const at::Tensor& dy, at::Tensor& dx, bool param_grads) {
-  const int64_t items = a.c.layout.num_items();
-  at::Tensor partials = at::empty({param_grads ? 2 : 0, items}, a.c.x.options().dtype(at::kDouble));
-  double* part = partials.mutable_data_ptr<double>();
-  for_each_uniform_item(a, [&](auto tag, int64_t item, int64_t begin, int64_t len, const auto& p) {
-    using scalar_t = decltype(tag);
-    using acc_t = acc_type<scalar_t>;
-    const auto g = [&]<typename P>(typename P::V d, typename P::V v) {
-      const auto r = math::uniform_backward<P>(d, v, lanes<P>(p));
-      return std::pair{r.dx, std::array{r.dscale, r.dzero}};
-    };
-    const scalar_t* dyp = dy.const_data_ptr<scalar_t>() + begin;
-    const scalar_t* xp = a.c.x.const_data_ptr<scalar_t>() + begin;
-    scalar_t* dxp = dx.mutable_data_ptr<scalar_t>() + begin;
-    if (param_grads) {
-      const auto [ds, dz] = grad_run<true, acc_t>(dyp, xp, dxp, len, g);
-      part[item] = ds;
-      part[items + item] = dz;
-    } else {
-      grad_run<false, acc_t>(dyp, xp, dxp, len, g);
-    }
+  at::Tensor partials = a.c.partials(param_grads ? 2 : 0, at::kDouble);
+  with_flag(param_grads, [&](auto sums) {
+    constexpr bool kSum = decltype(sums)::value;
+    for_each_uniform_item<kSum ? 2 : 0>(
+        a, [&](auto tag, int64_t item, int64_t begin, int64_t len, auto& src, auto qmin, auto qmax) {
+          grad_item<kSum, decltype(qmin), decltype(tag)>(
+              dy, a.c.x, dx, partials, item, begin, len, src,
+              [&]<typename P>(typename P::V d, typename P::V v, const auto& l) {
+                const auto r = math::uniform_backward<P>(d, v, params_of<P>(l, qmin, qmax));
+                return std::pair{r.dx, std::array{r.dscale, r.dzero}};
+              });
+        });
   });
   return partials;
 }
 
 }  // namespace
 
-QUANTEXT_REGISTER_KERNEL(uniform_forward_kernel, CPU, &forward);
-QUANTEXT_REGISTER_KERNEL(uniform_masked_kernel, CPU, &forward_masked);
-QUANTEXT_REGISTER_KERNEL(uniform_backward_kernel, CPU, &backward);
+QUANTEXT_REGISTER_FAKE_QUANT_KERNELS(uniform, CPU);
 
 }  // namespace cpu
 }  // namespace quantext

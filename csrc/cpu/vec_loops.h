@@ -1,9 +1,12 @@
 // Loops over one run of elements with a scheme formula, SIMD-wide (ATen
 // Vectorized) with a scalar tail. float16/bfloat16 runs are converted to float
 // in blocks that stay in L1 and go through the float loop. Formulas are
-// template lambdas called with the math policy: f.template operator()<P>(...).
+// template lambdas called with the math policy, f.template operator()<P>(...),
+// and the parameters of the vector from the run's parameter source
+// (cpu/param_source.h).
 #pragma once
 
+#include <ATen/ATen.h>
 #include <ATen/cpu/vec/functional.h>
 
 #include <algorithm>
@@ -13,6 +16,7 @@
 #include <tuple>
 #include <type_traits>
 
+#include "cpu/param_source.h"
 #include "cpu/vec_policy.h"
 #include "math/clip_mask.h"
 
@@ -21,23 +25,23 @@ namespace cpu {
 
 constexpr int64_t kConvertBlock = 512;
 
-// y[i] = f(x[i]). The outputs alias nothing else, which lets the compiler keep
-// the formula's constants (level tables) in registers across the stores.
-template <typename acc_t, typename scalar_t, typename F>
-void map_run(const scalar_t* __restrict__ x, scalar_t* __restrict__ y, int64_t n, const F& f) {
+// y[i] = f(x[i], params). The outputs alias nothing else, which lets the
+// compiler keep the formula's constants (level tables) in registers across the
+// stores.
+template <typename acc_t, typename scalar_t, typename Src, typename F>
+void map_run(const scalar_t* __restrict__ x, scalar_t* __restrict__ y, int64_t n, Src& src, const F& f) {
   if constexpr (!std::is_same_v<scalar_t, acc_t>) {
     acc_t xb[kConvertBlock], yb[kConvertBlock];
     for (int64_t i = 0; i < n; i += kConvertBlock) {
       const int64_t m = std::min(kConvertBlock, n - i);
       at::vec::convert(x + i, xb, m);
-      map_run<acc_t>(xb, yb, m, f);
+      map_run<acc_t>(xb, yb, m, src, f);
       at::vec::convert(yb, y + i, m);
     }
   } else {
-    using V = at::vec::Vectorized<acc_t>;
-    int64_t i = 0;
-    for (; i + V::size() <= n; i += V::size()) f.template operator()<VecPolicy<acc_t>>(V::loadu(x + i)).store(y + i);
-    for (; i < n; ++i) y[i] = f.template operator()<math::Scalar<acc_t>>(x[i]);
+    for_lanes<acc_t>(n, [&]<typename P>(int64_t i) {
+      store<P>(f.template operator()<P>(load<P>(x + i), src.template next<P>()), y + i);
+    });
   }
 }
 
@@ -81,82 +85,58 @@ class MaskWriter {
   uint64_t pending_ = 0;
 };
 
-// y[i] = f(x[i]).y, and the mask bit of element i from f(x[i]).inside.
-template <typename acc_t, typename scalar_t, typename F>
-void map_run_masked(const scalar_t* __restrict__ x, scalar_t* __restrict__ y, int64_t n, MaskWriter& mask, const F& f) {
+// y[i] = f(x[i], params).y, and the mask bit of element i from its .inside.
+template <typename acc_t, typename scalar_t, typename Src, typename F>
+void map_run_masked(const scalar_t* __restrict__ x, scalar_t* __restrict__ y, int64_t n, MaskWriter& mask, Src& src,
+                    const F& f) {
   if constexpr (!std::is_same_v<scalar_t, acc_t>) {
     acc_t xb[kConvertBlock], yb[kConvertBlock];
     for (int64_t i = 0; i < n; i += kConvertBlock) {
       const int64_t m = std::min(kConvertBlock, n - i);
       at::vec::convert(x + i, xb, m);
-      map_run_masked<acc_t>(xb, yb, m, mask, f);
+      map_run_masked<acc_t>(xb, yb, m, mask, src, f);
       at::vec::convert(yb, y + i, m);
     }
   } else {
-    using V = at::vec::Vectorized<acc_t>;
-    constexpr uint32_t kLanes = (uint32_t{1} << V::size()) - 1;
-    int64_t i = 0;
-    for (; i + V::size() <= n; i += V::size()) {
-      const auto r = f.template operator()<VecPolicy<acc_t>>(V::loadu(x + i));
-      r.y.store(y + i);
-      // The inside lanes are all ones, the others zero.
-      mask.put(~static_cast<uint32_t>(r.inside.zero_mask()) & kLanes, V::size());
-    }
-    for (; i < n; ++i) {
-      const auto r = f.template operator()<math::Scalar<acc_t>>(x[i]);
-      y[i] = r.y;
-      mask.put(r.inside ? 1u : 0u, 1);
-    }
+    for_lanes<acc_t>(n, [&]<typename P>(int64_t i) {
+      const auto r = f.template operator()<P>(load<P>(x + i), src.template next<P>());
+      store<P>(r.y, y + i);
+      mask.put(lane_bits<P>(r.inside), lanes_of<P>());
+    });
   }
 }
 
-// dx[i] = g(dy[i], x[i]).first and, with kSum, returns the sums of the
-// members of .second (an std::array: the parameters' gradients). Lane sums
-// are flushed into double every kFlush elements to bound rounding error.
-template <bool kSum, typename acc_t, typename scalar_t, typename G>
-auto grad_run(const scalar_t* __restrict__ dy, const scalar_t* __restrict__ x, scalar_t* __restrict__ dx, int64_t n,
-              const G& g) {
-  using Sums = decltype(g.template operator()<math::Scalar<acc_t>>(acc_t(0), acc_t(0)).second);
-  constexpr size_t K = std::tuple_size_v<Sums>;
-  std::array<double, K> sum{};
+// dx[i] = g(dy[i], x[i], params).first and, with kSum, its .second (an
+// std::array: the parameters' gradient terms) added to the source's sums.
+template <bool kSum, typename acc_t, typename scalar_t, typename Src, typename G>
+void grad_run(const scalar_t* __restrict__ dy, const scalar_t* __restrict__ x, scalar_t* __restrict__ dx, int64_t n,
+              Src& src, const G& g) {
   if constexpr (!std::is_same_v<scalar_t, acc_t>) {
     acc_t dyb[kConvertBlock], xb[kConvertBlock], dxb[kConvertBlock];
     for (int64_t i = 0; i < n; i += kConvertBlock) {
       const int64_t m = std::min(kConvertBlock, n - i);
       at::vec::convert(dy + i, dyb, m);
       at::vec::convert(x + i, xb, m);
-      const auto block = grad_run<kSum, acc_t>(dyb, xb, dxb, m, g);
-      for (size_t k = 0; k < K; ++k) sum[k] += block[k];
+      grad_run<kSum, acc_t>(dyb, xb, dxb, m, src, g);
       at::vec::convert(dxb, dx + i, m);
     }
   } else {
-    constexpr int64_t kFlush = 4096;
-    using V = at::vec::Vectorized<acc_t>;
-    int64_t i = 0;
-    while (i + V::size() <= n) {
-      std::array<V, K> lanes;
-      lanes.fill(V(0));
-      const int64_t stop = std::min(n, i + kFlush);
-      for (; i + V::size() <= stop; i += V::size()) {
-        const auto [d, dparams] = g.template operator()<VecPolicy<acc_t>>(V::loadu(dy + i), V::loadu(x + i));
-        d.store(dx + i);
-        if constexpr (kSum) {
-          for (size_t k = 0; k < K; ++k) lanes[k] += dparams[k];
-        }
-      }
-      if constexpr (kSum) {
-        for (size_t k = 0; k < K; ++k) sum[k] += at::vec::vec_reduce_all<acc_t>(std::plus<V>(), lanes[k]);
-      }
-    }
-    for (; i < n; ++i) {
-      const auto [d, dparams] = g.template operator()<math::Scalar<acc_t>>(dy[i], x[i]);
-      dx[i] = d;
-      if constexpr (kSum) {
-        for (size_t k = 0; k < K; ++k) sum[k] += dparams[k];
-      }
-    }
+    for_lanes<acc_t>(n, [&]<typename P>(int64_t i) {
+      const auto [d, terms] = g.template operator()<P>(load<P>(dy + i), load<P>(x + i), src.template next<P>());
+      store<P>(d, dx + i);
+      if constexpr (kSum) src.template add<P>(terms);
+    });
   }
-  return sum;
+}
+
+// grad_run over the item [begin, begin + len) of the canonical dy, x and dx;
+// with kSum its sums go to the item's partials (cpu/param_source.h).
+template <bool kSum, typename acc_t, typename scalar_t, typename Src, typename G>
+void grad_item(const at::Tensor& dy, const at::Tensor& x, at::Tensor& dx, at::Tensor& partials, int64_t item,
+               int64_t begin, int64_t len, Src& src, const G& g) {
+  grad_run<kSum, acc_t>(dy.const_data_ptr<scalar_t>() + begin, x.const_data_ptr<scalar_t>() + begin,
+                        dx.mutable_data_ptr<scalar_t>() + begin, len, src, g);
+  if constexpr (kSum) src.store_sums(partials.mutable_data_ptr<double>(), partials.size(1), item);
 }
 
 }  // namespace cpu

@@ -6,6 +6,7 @@
 #include <ATen/cpu/vec/vec.h>
 #include <c10/util/bit_cast.h>
 
+#include <cstdint>
 #include <type_traits>
 
 #include "cpu/level_buckets.h"
@@ -59,6 +60,55 @@ struct VecPolicy {
     return at::vec::gather<sizeof(T)>(table, at::vec::convert_to_int_of_same_size(index));
   }
 };
+
+// Lanes of policy P (VecPolicy<T> or math::Scalar<T>), and its loads, stores
+// and mask bits, so that one loop body serves the vectors and the tail.
+template <typename P>
+constexpr int64_t lanes_of() {
+  if constexpr (std::is_arithmetic_v<typename P::V>) {
+    return 1;
+  } else {
+    return P::V::size();
+  }
+}
+
+template <typename P, typename T>
+typename P::V load(const T* p) {
+  if constexpr (std::is_arithmetic_v<typename P::V>) {
+    return *p;
+  } else {
+    return P::V::loadu(p);
+  }
+}
+
+template <typename P, typename T>
+void store(const typename P::V& v, T* p) {
+  if constexpr (std::is_arithmetic_v<typename P::V>) {
+    *p = v;
+  } else {
+    v.store(p);
+  }
+}
+
+// Lane j of mask m (all-ones lanes, or a bool) in bit j.
+template <typename P>
+uint32_t lane_bits(const typename P::Mask& m) {
+  if constexpr (std::is_same_v<typename P::Mask, bool>) {
+    return m ? 1u : 0u;
+  } else {
+    return ~static_cast<uint32_t>(m.zero_mask()) & ((uint32_t{1} << P::V::size()) - 1);
+  }
+}
+
+// body.template operator()<P>(i) for i = 0, W, 2W, ... with the vector policy
+// of T while a vector fits, then for each element of the tail with the scalar one.
+template <typename T, typename Body>
+void for_lanes(int64_t n, const Body& body) {
+  constexpr int64_t W = at::vec::Vectorized<T>::size();
+  int64_t i = 0;
+  for (; i + W <= n; i += W) body.template operator()<VecPolicy<T>>(i);
+  for (; i < n; ++i) body.template operator()<math::Scalar<T>>(i);
+}
 
 }  // namespace cpu
 }  // namespace quantext

@@ -51,23 +51,15 @@ __global__ void levels_kernel(const in_t* __restrict__ in, out_t* __restrict__ o
   }
 }
 
-template <typename Kernel, typename... Args>
-void launch(Kernel kernel, int64_t numel, Args... args) {
-  if (numel == 0) return;
-  kernel<<<grid_for(numel), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(args...);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-}
-
 void quantize_uniform(const UniformArgs& a, at::Tensor& codes) {
-  dispatch_types(a.c.x, a.scale, [&](auto x_tag, auto s_tag) {
+  dispatch_quantize(a.c.x, a.scale, codes, [&](auto x_tag, auto c_tag, auto s_tag) {
     using x_t = decltype(x_tag);
+    using code_t = decltype(c_tag);
     using scale_t = decltype(s_tag);
     using acc_t = acc_type<x_t>;
-    AT_DISPATCH_INTEGRAL_TYPES(codes.scalar_type(), "quantext_quantize_uniform", [&] {
-      launch(uniform_kernel<false, x_t, scalar_t, acc_t, scale_t>, a.c.layout.numel, a.c.x.const_data_ptr<x_t>(),
-             codes.mutable_data_ptr<scalar_t>(), a.scale.const_data_ptr<scale_t>(),
-             a.zero_point.const_data_ptr<scale_t>(), a.c.layout, acc_t(a.qmin), acc_t(a.qmax));
-    });
+    launch_elementwise(uniform_kernel<false, x_t, code_t, acc_t, scale_t>, a.c.layout.numel,
+                       a.c.x.const_data_ptr<x_t>(), codes.mutable_data_ptr<code_t>(), a.scale.const_data_ptr<scale_t>(),
+                       a.zero_point.const_data_ptr<scale_t>(), a.c.layout, acc_t(a.qmin), acc_t(a.qmax));
   });
 }
 
@@ -75,34 +67,29 @@ void dequantize_uniform(const UniformArgs& a, at::Tensor& y) {
   dispatch_codes(a.c.x, a.scale, [&](auto c_tag, auto s_tag) {
     using code_t = decltype(c_tag);
     using acc_t = decltype(s_tag);
-    launch(uniform_kernel<true, code_t, acc_t, acc_t, acc_t>, a.c.layout.numel, a.c.x.const_data_ptr<code_t>(),
-           y.mutable_data_ptr<acc_t>(), a.scale.const_data_ptr<acc_t>(), a.zero_point.const_data_ptr<acc_t>(),
-           a.c.layout, acc_t(a.qmin), acc_t(a.qmax));
+    launch_elementwise(uniform_kernel<true, code_t, acc_t, acc_t, acc_t>, a.c.layout.numel,
+                       a.c.x.const_data_ptr<code_t>(), y.mutable_data_ptr<acc_t>(), a.scale.const_data_ptr<acc_t>(),
+                       a.zero_point.const_data_ptr<acc_t>(), a.c.layout, acc_t(a.qmin), acc_t(a.qmax));
   });
 }
 
 void quantize_levels(const LevelArgs& a, at::Tensor& codes) {
-  dispatch_types(a.c.x, a.alpha, [&](auto x_tag, auto p_tag) {
+  dispatch_level_grid<true>(a, [&](auto x_tag, auto p_tag, const auto& table, auto search) {
     using x_t = decltype(x_tag);
-    using param_t = decltype(p_tag);
-    using acc_t = acc_type<x_t>;
-    const auto& table = level_table<acc_t>(a);
-    math::with_level_search<Scalar<acc_t>, true>(table, [&](auto search) {
-      AT_DISPATCH_INTEGRAL_TYPES(codes.scalar_type(), "quantext_quantize_levels", [&] {
-        launch(levels_kernel<false, x_t, scalar_t, acc_t, param_t, decltype(search)>, a.c.layout.numel,
-               a.c.x.const_data_ptr<x_t>(), codes.mutable_data_ptr<scalar_t>(), a.alpha.const_data_ptr<param_t>(),
-               a.c.layout, table);
-      });
+    AT_DISPATCH_INTEGRAL_TYPES(codes.scalar_type(), "quantext_quantize_levels", [&] {
+      launch_elementwise(levels_kernel<false, x_t, scalar_t, acc_type<x_t>, decltype(p_tag), decltype(search)>,
+                         a.c.layout.numel, a.c.x.const_data_ptr<x_t>(), codes.mutable_data_ptr<scalar_t>(),
+                         a.alpha.const_data_ptr<decltype(p_tag)>(), a.c.layout, table);
     });
   });
 }
 
 void dequantize_levels(const LevelArgs& a, at::Tensor& y) {
   dispatch_codes(a.c.x, a.alpha, [&](auto c_tag, auto p_tag) {
-    using code_t = decltype(c_tag);
     using acc_t = decltype(p_tag);
-    launch(levels_kernel<true, code_t, acc_t, acc_t, acc_t>, a.c.layout.numel, a.c.x.const_data_ptr<code_t>(),
-           y.mutable_data_ptr<acc_t>(), a.alpha.const_data_ptr<acc_t>(), a.c.layout, level_table<acc_t>(a));
+    const auto* codes = a.c.x.const_data_ptr<decltype(c_tag)>();
+    launch_elementwise(levels_kernel<true, decltype(c_tag), acc_t, acc_t, acc_t>, a.c.layout.numel, codes,
+                       y.mutable_data_ptr<acc_t>(), a.alpha.const_data_ptr<acc_t>(), a.c.layout, level_table<acc_t>(a));
   });
 }
 

@@ -63,20 +63,13 @@ __global__ void backward_kernel(const scalar_t* __restrict__ dy, const scalar_t*
 
 // mask: undefined for the plain forward.
 void launch_forward(const LevelArgs& a, at::Tensor& y, const at::Tensor& mask) {
-  dispatch_types(a.c.x, a.alpha, [&](auto x_tag, auto p_tag) {
+  dispatch_level_grid<false>(a, [&](auto x_tag, auto p_tag, const auto& table, auto search) {
     using scalar_t = decltype(x_tag);
-    using param_t = decltype(p_tag);
-    using acc_t = acc_type<scalar_t>;
-    const auto& table = level_table<acc_t>(a);
-    const bool masked = mask.defined();
-    math::with_level_search<Scalar<acc_t>, false>(table, [&](auto search) {
-      using S = decltype(search);
-      const auto kernel = masked ? forward_kernel<true, scalar_t, acc_t, param_t, S>
-                                 : forward_kernel<false, scalar_t, acc_t, param_t, S>;
-      kernel<<<grid_for(a.c.layout.numel), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
-          a.c.x.const_data_ptr<scalar_t>(), y.mutable_data_ptr<scalar_t>(), a.alpha.const_data_ptr<param_t>(),
-          a.c.layout, table, masked ? reinterpret_cast<uint32_t*>(mask.data_ptr<int32_t>()) : nullptr);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    with_flag(mask.defined(), [&](auto masked) {
+      launch_elementwise(
+          forward_kernel<decltype(masked)::value, scalar_t, acc_type<scalar_t>, decltype(p_tag), decltype(search)>,
+          a.c.layout.numel, a.c.x.const_data_ptr<scalar_t>(), y.mutable_data_ptr<scalar_t>(),
+          a.alpha.const_data_ptr<decltype(p_tag)>(), a.c.layout, table, mask_words(mask));
     });
   });
 }
@@ -85,29 +78,15 @@ void forward(const LevelArgs& a, at::Tensor& y) { launch_forward(a, y, at::Tenso
 void forward_masked(const LevelArgs& a, at::Tensor& y, at::Tensor& mask) { launch_forward(a, y, mask); }
 
 at::Tensor backward(const LevelArgs& a, const at::Tensor& dy, at::Tensor& dx, bool alpha_grad) {
-  const int64_t items = a.c.layout.num_items();
-  const auto acc_dtype = a.c.x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  at::Tensor partials = at::empty({alpha_grad ? 1 : 0, items}, a.c.x.options().dtype(acc_dtype));
-  dispatch_types(a.c.x, a.alpha, [&](auto x_tag, auto p_tag) {
+  at::Tensor partials = a.c.partials(alpha_grad ? 1 : 0, partials_dtype(a.c.x));
+  dispatch_level_grid<false>(a, [&](auto x_tag, auto p_tag, const auto& table, auto search) {
     using scalar_t = decltype(x_tag);
-    using param_t = decltype(p_tag);
     using acc_t = acc_type<scalar_t>;
-    const int64_t grid = std::min<int64_t>(items, int64_t(1) << 20);
-    const auto& table = level_table<acc_t>(a);
-    auto launch = [&](auto kernel) {
-      kernel<<<grid, kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
-          dy.const_data_ptr<scalar_t>(), a.c.x.const_data_ptr<scalar_t>(), dx.mutable_data_ptr<scalar_t>(),
-          a.alpha.const_data_ptr<param_t>(), a.c.layout, table,
-          alpha_grad ? partials.mutable_data_ptr<acc_t>() : nullptr);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    };
-    math::with_level_search<Scalar<acc_t>, false>(table, [&](auto search) {
-      using S = decltype(search);
-      if (alpha_grad) {
-        launch(backward_kernel<true, scalar_t, acc_t, param_t, S>);
-      } else {
-        launch(backward_kernel<false, scalar_t, acc_t, param_t, S>);
-      }
+    with_flag(alpha_grad, [&](auto sums) {
+      launch_per_item(backward_kernel<decltype(sums)::value, scalar_t, acc_t, decltype(p_tag), decltype(search)>,
+                      a.c.layout.num_items(), dy.const_data_ptr<scalar_t>(), a.c.x.const_data_ptr<scalar_t>(),
+                      dx.mutable_data_ptr<scalar_t>(), a.alpha.const_data_ptr<decltype(p_tag)>(), a.c.layout, table,
+                      alpha_grad ? partials.mutable_data_ptr<acc_t>() : nullptr);
     });
   });
   return partials;
@@ -115,9 +94,7 @@ at::Tensor backward(const LevelArgs& a, const at::Tensor& dy, at::Tensor& dx, bo
 
 }  // namespace
 
-QUANTEXT_REGISTER_KERNEL(level_forward_kernel, CUDA, &forward);
-QUANTEXT_REGISTER_KERNEL(level_masked_kernel, CUDA, &forward_masked);
-QUANTEXT_REGISTER_KERNEL(level_backward_kernel, CUDA, &backward);
+QUANTEXT_REGISTER_FAKE_QUANT_KERNELS(level, CUDA);
 
 }  // namespace cuda
 }  // namespace quantext

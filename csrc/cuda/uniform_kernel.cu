@@ -66,14 +66,12 @@ void launch_forward(const UniformArgs& a, at::Tensor& y, const at::Tensor& mask)
     using scalar_t = decltype(x_tag);
     using scale_t = decltype(s_tag);
     using acc_t = acc_type<scalar_t>;
-    const bool masked = mask.defined();
-    const auto kernel =
-        masked ? forward_kernel<true, scalar_t, acc_t, scale_t> : forward_kernel<false, scalar_t, acc_t, scale_t>;
-    kernel<<<grid_for(a.c.layout.numel), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
-        a.c.x.const_data_ptr<scalar_t>(), y.mutable_data_ptr<scalar_t>(), a.scale.const_data_ptr<scale_t>(),
-        a.zero_point.const_data_ptr<scale_t>(), a.c.layout, acc_t(a.qmin), acc_t(a.qmax),
-        masked ? reinterpret_cast<uint32_t*>(mask.data_ptr<int32_t>()) : nullptr);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    with_flag(mask.defined(), [&](auto masked) {
+      launch_elementwise(forward_kernel<decltype(masked)::value, scalar_t, acc_t, scale_t>, a.c.layout.numel,
+                         a.c.x.const_data_ptr<scalar_t>(), y.mutable_data_ptr<scalar_t>(),
+                         a.scale.const_data_ptr<scale_t>(), a.zero_point.const_data_ptr<scale_t>(), a.c.layout,
+                         acc_t(a.qmin), acc_t(a.qmax), mask_words(mask));
+    });
   });
 }
 
@@ -81,35 +79,24 @@ void forward(const UniformArgs& a, at::Tensor& y) { launch_forward(a, y, at::Ten
 void forward_masked(const UniformArgs& a, at::Tensor& y, at::Tensor& mask) { launch_forward(a, y, mask); }
 
 at::Tensor backward(const UniformArgs& a, const at::Tensor& dy, at::Tensor& dx, bool param_grads) {
-  const int64_t items = a.c.layout.num_items();
-  const auto acc_dtype = a.c.x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  at::Tensor partials = at::empty({param_grads ? 2 : 0, items}, a.c.x.options().dtype(acc_dtype));
+  at::Tensor partials = a.c.partials(param_grads ? 2 : 0, partials_dtype(a.c.x));
   dispatch_types(a.c.x, a.scale, [&](auto x_tag, auto s_tag) {
     using scalar_t = decltype(x_tag);
     using scale_t = decltype(s_tag);
     using acc_t = acc_type<scalar_t>;
-    const int64_t grid = std::min<int64_t>(items, int64_t(1) << 20);
-    auto launch = [&](auto kernel) {
-      kernel<<<grid, kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
-          dy.const_data_ptr<scalar_t>(), a.c.x.const_data_ptr<scalar_t>(), dx.mutable_data_ptr<scalar_t>(),
-          a.scale.const_data_ptr<scale_t>(), a.zero_point.const_data_ptr<scale_t>(), a.c.layout, acc_t(a.qmin),
-          acc_t(a.qmax), param_grads ? partials.mutable_data_ptr<acc_t>() : nullptr);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    };
-    if (param_grads) {
-      launch(backward_kernel<true, scalar_t, acc_t, scale_t>);
-    } else {
-      launch(backward_kernel<false, scalar_t, acc_t, scale_t>);
-    }
+    with_flag(param_grads, [&](auto sums) {
+      launch_per_item(backward_kernel<decltype(sums)::value, scalar_t, acc_t, scale_t>, a.c.layout.num_items(),
+                      dy.const_data_ptr<scalar_t>(), a.c.x.const_data_ptr<scalar_t>(), dx.mutable_data_ptr<scalar_t>(),
+                      a.scale.const_data_ptr<scale_t>(), a.zero_point.const_data_ptr<scale_t>(), a.c.layout,
+                      acc_t(a.qmin), acc_t(a.qmax), param_grads ? partials.mutable_data_ptr<acc_t>() : nullptr);
+    });
   });
   return partials;
 }
 
 }  // namespace
 
-QUANTEXT_REGISTER_KERNEL(uniform_forward_kernel, CUDA, &forward);
-QUANTEXT_REGISTER_KERNEL(uniform_masked_kernel, CUDA, &forward_masked);
-QUANTEXT_REGISTER_KERNEL(uniform_backward_kernel, CUDA, &backward);
+QUANTEXT_REGISTER_FAKE_QUANT_KERNELS(uniform, CUDA);
 
 }  // namespace cuda
 }  // namespace quantext

@@ -16,6 +16,7 @@
 #include "calib/entropy.h"
 #include "calib/mse.h"
 #include "calib/percentile.h"
+#include "ops/canonical.h"
 
 namespace quantext {
 namespace {
@@ -163,6 +164,7 @@ std::tuple<at::Tensor, at::Tensor> calib_mse(const at::Tensor& hist, const at::T
 std::tuple<at::Tensor, at::Tensor> calib_mse_affine(const at::Tensor& hist, const at::Tensor& lo, const at::Tensor& hi,
                                                     int64_t qmin, int64_t qmax) {
   const char* op = "quantext.calib_mse_affine";
+  check_int_range(op, qmin, qmax);  // first: the span below cannot overflow after it
   TORCH_CHECK_VALUE(qmin < qmax && qmax - qmin <= 65535, op,
                     ": need qmin < qmax spanning at most 16 bits, got qmin=", qmin, ", qmax=", qmax);
   const Rows r = prepare_rows(op, hist);

@@ -1,6 +1,7 @@
 #include "ops/canonical.h"
 
 #include <algorithm>
+#include <cmath>
 #include <vector>
 
 namespace quantext {
@@ -58,8 +59,17 @@ Canonical canonical_layout(const char* op, const at::Tensor& x, const at::Tensor
     // In a dense layout the elements inside one channel index are the
     // `stride(axis)` elements physically nested within it.
     const int64_t inner = channels <= 1 ? std::max<int64_t>(numel, 1) : c.x.stride(ax);
-    c.layout = {channels <= 1 ? Granularity::Tensor : Granularity::Channel, numel, channels <= 1 ? kTensorChunk : inner,
-                channels};
+    if (channels <= 1) {
+      c.layout = {Granularity::Tensor, numel, kTensorChunk, 1};
+    } else if (inner < kMinChannelRun && numel > 0 && x.is_cpu()) {  // an empty x may have stride 0
+      // The CPU loops cycle through the parameters instead of one run per
+      // channel index (the CUDA kernels do not take this layout yet).
+      const int64_t period = channels * inner;
+      c.layout = {Granularity::Interleaved, numel, std::max<int64_t>(1, kTensorChunk / period) * period, channels,
+                  inner};
+    } else {
+      c.layout = {Granularity::Channel, numel, inner, channels};
+    }
     return c;
   }
   TORCH_CHECK_VALUE(channels % group_size == 0, op, ": group_size=", group_size, " does not divide size ", channels,
@@ -86,6 +96,9 @@ at::Tensor Canonical::grad_in(const char* op, const at::Tensor& grad, const at::
   TORCH_CHECK_VALUE(grad.sizes() == input.sizes(), op, ": grad shape ", grad.sizes(), " does not match input shape ",
                     input.sizes());
   check_same_device(op, input, grad, "grad");
+  // A complex gradient would lose its imaginary part in the cast below.
+  TORCH_CHECK_TYPE(at::isFloatingType(grad.scalar_type()), op, ": grad must be a floating point tensor, got dtype ",
+                   grad.scalar_type());
   const at::Tensor g = grad.to(input.scalar_type());
   const at::Tensor moved = grouped ? g.movedim(*axis, -1) : g;
   if (moved.strides() == x.strides()) return moved;
@@ -119,6 +132,7 @@ std::vector<at::Tensor> Canonical::reduce_items(const at::Tensor& partials, doub
       flat = scaled.sum(1);
       break;
     case Granularity::Channel:
+    case Granularity::Interleaved:  // partials [items, channels]
       flat = scaled.view({rows, -1, layout.channels}).sum(1);
       break;
     case Granularity::Group:
@@ -142,6 +156,10 @@ void check_int_range(const char* op, int64_t qmin, int64_t qmax) {
   // 16 bits is the widest supported grid; codes must stay exact in float32.
   TORCH_CHECK_VALUE(qmin >= -65536 && qmax <= 65535, op, ": the integer range [", qmin, ", ", qmax,
                     "] is wider than 16 bits");
+}
+
+void check_grad_factor(const char* op, double grad_factor) {
+  TORCH_CHECK_VALUE(std::isfinite(grad_factor), op, ": grad_factor must be finite, got ", grad_factor);
 }
 
 void check_param_dtype(const char* op, const at::Tensor& x, const at::Tensor& t, const char* name) {

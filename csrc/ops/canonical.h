@@ -26,6 +26,10 @@ struct Canonical {
   at::Tensor grad_in(const char* op, const at::Tensor& grad, const at::Tensor& input) const;
   // Allocates an output in the canonical layout.
   at::Tensor empty_out() const { return at::empty_like(x); }
+  // The [rows, layout.num_partials()] partial sums of a backward's reduction.
+  at::Tensor partials(int64_t rows, at::ScalarType dtype) const {
+    return at::empty({rows, layout.num_partials()}, x.options().dtype(dtype));
+  }
   // Returns a canonical-layout result (of any dtype) in the layout of
   // at::empty_like(input).
   at::Tensor restore(const at::Tensor& canonical_out, const at::Tensor& input) const;
@@ -49,11 +53,17 @@ Canonical canonicalize_codes(const char* op, const at::Tensor& codes, const at::
 at::Tensor canonical_params(const Canonical& c, const at::Tensor& param);
 
 void check_int_range(const char* op, int64_t qmin, int64_t qmax);
+// The factor the parameter gradients are scaled by (LSQ's g): finite.
+void check_grad_factor(const char* op, double grad_factor);
 void check_param_dtype(const char* op, const at::Tensor& x, const at::Tensor& t, const char* name);
 void check_same_device(const char* op, const at::Tensor& x, const at::Tensor& t, const char* name);
 
 // Per-tensor chunk: large enough to amortize per-item work, small enough to
 // parallelize 1e4-element tensors.
 constexpr int64_t kTensorChunk = 8192;
+// Per channel, shorter runs of one parameter (the channel axis nearly
+// innermost) take the Interleaved layout on the CPU: a run per channel index
+// would cost a call per few elements.
+constexpr int64_t kMinChannelRun = 32;
 
 }  // namespace quantext

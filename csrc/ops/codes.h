@@ -7,6 +7,7 @@
 #include <utility>
 
 #include "math/level_sets.h"
+#include "ops/dispatch.h"
 #include "ops/kernel_stub.h"
 #include "ops/level_ops.h"
 #include "ops/uniform.h"
@@ -33,6 +34,16 @@ extern KernelStub<UniformCodesKernel> quantize_uniform_kernel;
 extern KernelStub<UniformCodesKernel> dequantize_uniform_kernel;
 extern KernelStub<LevelCodesKernel> quantize_levels_kernel;
 extern KernelStub<LevelCodesKernel> dequantize_levels_kernel;
+
+// The dtype dispatch of the code kernels on every backend. Quantize:
+// fn(in_t{}, code_t{}, param_t{}) with x's compute type acc_type<in_t>;
+// dequantize: fn(code_t{}, param_t{}), computed in param_t.
+template <typename Fn>
+void dispatch_quantize(const at::Tensor& x, const at::Tensor& param, const at::Tensor& codes, const Fn& fn) {
+  dispatch_types(x, param, [&](auto x_tag, auto p_tag) {
+    AT_DISPATCH_INTEGRAL_TYPES(codes.scalar_type(), "quantext_quantize", [&] { fn(x_tag, scalar_t{}, p_tag); });
+  });
+}
 
 // A backend registers its four code kernels, named after the ops, in its namespace.
 #define QUANTEXT_REGISTER_CODES_KERNELS(DEVICE)                                     \

@@ -32,4 +32,14 @@ void dispatch_codes(const at::Tensor& codes, const at::Tensor& param, const Fn& 
   });
 }
 
+// fn(std::bool_constant<flag>{}): a runtime flag as a template argument.
+template <typename Fn>
+void with_flag(bool flag, const Fn& fn) {
+  if (flag) {
+    fn(std::true_type{});
+  } else {
+    fn(std::false_type{});
+  }
+}
+
 }  // namespace quantext

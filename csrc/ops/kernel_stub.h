@@ -40,6 +40,13 @@ class KernelStub {
 #define QUANTEXT_REGISTER_KERNEL(stub, DEVICE, fn) \
   static const bool stub##_##DEVICE##_registered = (stub).set(c10::DeviceType::DEVICE, (fn))
 
+// A backend registers the kernels of a fake-quant op family (uniform,
+// level), named forward, forward_masked and backward in its namespace.
+#define QUANTEXT_REGISTER_FAKE_QUANT_KERNELS(family, DEVICE)                 \
+  QUANTEXT_REGISTER_KERNEL(family##_forward_kernel, DEVICE, &forward);       \
+  QUANTEXT_REGISTER_KERNEL(family##_masked_kernel, DEVICE, &forward_masked); \
+  QUANTEXT_REGISTER_KERNEL(family##_backward_kernel, DEVICE, &backward)
+
 // Registers the host halves of an op family (`register_fn(torch::Library&)`)
 // for every backend built in.
 #ifdef QUANTEXT_WITH_CUDA
@@ -50,5 +57,15 @@ class KernelStub {
 #define QUANTEXT_HOST_IMPL(register_fn) \
   TORCH_LIBRARY_IMPL(quantext, CPU, m) { register_fn(m); }
 #endif
+
+// Registers the host halves of a fake-quant op family (uniform, levels):
+// fake_quant_<family>_host, _masked_host and _backward_host.
+#define QUANTEXT_FAKE_QUANT_HOST_IMPL(family)                                        \
+  static void register_##family(torch::Library& m) {                                 \
+    m.impl("fake_quant_" #family, &fake_quant_##family##_host);                      \
+    m.impl("fake_quant_" #family "_masked", &fake_quant_##family##_masked_host);     \
+    m.impl("fake_quant_" #family "_backward", &fake_quant_##family##_backward_host); \
+  }                                                                                  \
+  QUANTEXT_HOST_IMPL(register_##family)
 
 }  // namespace quantext

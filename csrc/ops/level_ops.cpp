@@ -12,6 +12,7 @@
 #include <limits>
 #include <vector>
 
+#include "ops/backward_host.h"
 #include "ops/clip_mask.h"
 #include "ops/codes.h"
 #include "ops/value_checks.h"
@@ -126,7 +127,8 @@ at::Tensor apot_decode_table_op(int64_t bits, bool is_signed, int64_t k) {
 
 at::Tensor fake_quant_levels_host(const at::Tensor& x, const at::Tensor& alpha, c10::string_view scheme, int64_t bits,
                                   bool is_signed, int64_t k, c10::string_view rounding, std::optional<int64_t> axis,
-                                  double /*grad_factor*/) {
+                                  double grad_factor) {
+  check_grad_factor("quantext.fake_quant_levels", grad_factor);
   const c10::OptionalDeviceGuard guard(at::device_of(x));
   const auto a = prepare_levels("quantext.fake_quant_levels", x, alpha, scheme, bits, is_signed, k, rounding, axis);
   at::Tensor y = a.c.empty_out();
@@ -151,27 +153,16 @@ std::tuple<at::Tensor, at::Tensor> fake_quant_levels_backward_host(const at::Ten
                                                                    std::optional<int64_t> axis, double grad_factor,
                                                                    bool alpha_grad) {
   const char* op = "quantext.fake_quant_levels_backward";
+  check_grad_factor(op, grad_factor);
   const c10::OptionalDeviceGuard guard(at::device_of(x));
   const auto a = prepare_levels(op, x, alpha, scheme, bits, is_signed, k, rounding, axis);
-  const at::Tensor dy = a.c.grad_in(op, grad, x);
-  at::Tensor dx = a.c.empty_out();
-  if (x.numel() == 0 || !alpha_grad) {
-    if (x.numel() > 0) level_backward_kernel(x.device().type())(a, dy, dx, false);
-    return {a.c.restore(dx, x), at::zeros_like(alpha)};
-  }
-  const at::Tensor partials = level_backward_kernel(x.device().type())(a, dy, dx, true);
-  return {a.c.restore(dx, x), a.c.reduce_items(partials, grad_factor, alpha)[0]};
-}
-
-void register_levels(torch::Library& m) {
-  m.impl("fake_quant_levels", &fake_quant_levels_host);
-  m.impl("fake_quant_levels_masked", &fake_quant_levels_masked_host);
-  m.impl("fake_quant_levels_backward", &fake_quant_levels_backward_host);
+  auto [dx, grads] = backward_host(op, a, grad, x, alpha, 1, level_backward_kernel, alpha_grad, grad_factor);
+  return {dx, grads[0]};
 }
 
 }  // namespace
 
-QUANTEXT_HOST_IMPL(register_levels)
+QUANTEXT_FAKE_QUANT_HOST_IMPL(levels);
 
 at::Tensor levels(c10::string_view scheme, int64_t bits, bool is_signed, int64_t k) {
   static auto op = c10::Dispatcher::singleton().findSchemaOrThrow("quantext::levels", "").typed<decltype(levels_op)>();

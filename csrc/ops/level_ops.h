@@ -14,6 +14,7 @@
 #include "math/level_sets.h"
 #include "math/scheme_math.h"
 #include "ops/canonical.h"
+#include "ops/dispatch.h"
 #include "ops/kernel_stub.h"
 
 namespace quantext {
@@ -66,5 +67,17 @@ const Table& cached_per_grid(const LevelSpec& spec, const Make& make) {
 // l[i+1] / sqrt(2).
 template <typename T>
 const math::LevelTable<T>& level_table(const LevelArgs& a);
+
+// fn(x_tag, param_tag, table, search) for the dtypes of a level op: the grid
+// in x's compute type with the scalar formulas' search for it, picked once
+// per call (kIndex: one that gives level indices, for the code ops).
+template <bool kIndex, typename Fn>
+void dispatch_level_grid(const LevelArgs& a, const Fn& fn) {
+  dispatch_types(a.c.x, a.alpha, [&](auto x_tag, auto p_tag) {
+    const auto& table = level_table<acc_type<decltype(x_tag)>>(a);
+    math::with_level_search<math::Scalar<acc_type<decltype(x_tag)>>, kIndex>(
+        table, [&](auto search) { fn(x_tag, p_tag, table, search); });
+  });
+}
 
 }  // namespace quantext

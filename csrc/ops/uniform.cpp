@@ -8,6 +8,7 @@
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
 
+#include "ops/backward_host.h"
 #include "ops/clip_mask.h"
 #include "ops/value_checks.h"
 #include "quantext/quantext.h"
@@ -43,7 +44,8 @@ namespace {
 
 at::Tensor fake_quant_uniform_host(const at::Tensor& x, const at::Tensor& scale, const at::Tensor& zero_point,
                                    int64_t qmin, int64_t qmax, std::optional<int64_t> axis, int64_t group_size,
-                                   double /*grad_factor*/) {
+                                   double grad_factor) {
+  check_grad_factor("quantext.fake_quant_uniform", grad_factor);
   const c10::OptionalDeviceGuard guard(at::device_of(x));
   const auto a = prepare_uniform("quantext.fake_quant_uniform", x, scale, zero_point, qmin, qmax, axis, group_size);
   at::Tensor y = a.c.empty_out();
@@ -65,28 +67,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fake_quant_uniform_backward_host(
     const at::Tensor& grad, const at::Tensor& x, const at::Tensor& scale, const at::Tensor& zero_point, int64_t qmin,
     int64_t qmax, std::optional<int64_t> axis, int64_t group_size, double grad_factor, bool param_grads) {
   const char* op = "quantext.fake_quant_uniform_backward";
+  check_grad_factor(op, grad_factor);
   const c10::OptionalDeviceGuard guard(at::device_of(x));
   const auto a = prepare_uniform(op, x, scale, zero_point, qmin, qmax, axis, group_size);
-  const at::Tensor dy = a.c.grad_in(op, grad, x);
-  at::Tensor dx = a.c.empty_out();
-  if (x.numel() == 0 || !param_grads) {
-    if (x.numel() > 0) uniform_backward_kernel(x.device().type())(a, dy, dx, false);
-    return {a.c.restore(dx, x), at::zeros_like(scale), at::zeros_like(scale)};
-  }
-  const at::Tensor partials = uniform_backward_kernel(x.device().type())(a, dy, dx, true);
-  const auto grads = a.c.reduce_items(partials, grad_factor, scale);
-  return {a.c.restore(dx, x), grads[0], grads[1]};
-}
-
-void register_uniform(torch::Library& m) {
-  m.impl("fake_quant_uniform", &fake_quant_uniform_host);
-  m.impl("fake_quant_uniform_masked", &fake_quant_uniform_masked_host);
-  m.impl("fake_quant_uniform_backward", &fake_quant_uniform_backward_host);
+  auto [dx, grads] = backward_host(op, a, grad, x, scale, 2, uniform_backward_kernel, param_grads, grad_factor);
+  return {dx, grads[0], grads[1]};
 }
 
 }  // namespace
 
-QUANTEXT_HOST_IMPL(register_uniform)
+QUANTEXT_FAKE_QUANT_HOST_IMPL(uniform);
 
 std::pair<int64_t, int64_t> uniform_bounds(int64_t bits, bool is_signed, bool narrow_range) {
   TORCH_CHECK_VALUE(bits >= 2 && bits <= 16, "quantext.uniform_bounds: bits must be in [2, 16], got ", bits);

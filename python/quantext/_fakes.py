@@ -223,16 +223,18 @@ def _calib_mse_fake(hist, amax, levels):
 @torch.library.register_fake("quantext::calib_mse_affine")
 def _calib_mse_affine_fake(hist, lo, hi, qmin, qmax):
     _check_readable("calib_mse_affine", hist, lo=lo, hi=hi)
-    if not (-(2**31) <= qmin <= qmax <= 2**31 - 1):
-        raise ValueError(f"quantext.calib_mse_affine: need -2^31 <= qmin <= qmax <= 2^31-1, got [{qmin}, {qmax}]")
+    if not (-65536 <= qmin < qmax <= 65535 and qmax - qmin <= 65535):
+        raise ValueError(f"quantext.calib_mse_affine: need qmin < qmax spanning at most 16 bits, "
+                         f"got qmin={qmin}, qmax={qmax}")
     return _per_row(hist), _per_row(hist)
 
 
 # ------------------------------------------------------------------ clip masks (csrc/ops/clip_mask.h)
 def _clip_mask_fake(x: torch.Tensor, axis, group_size: int) -> torch.Tensor:
     """The bit-packed clip mask of a masked forward: one int32 word per 32 elements, or
-    none ([0]) where the layout keeps no mask: per group, or per channel with runs of
-    fewer than 32 elements (the channel axis innermost)."""
+    none ([0]) where the layout keeps no mask: per group, or on CUDA per channel with
+    runs of fewer than 32 elements (the channel axis innermost; the CPU kernels cycle
+    through the channels there, csrc/math/layout.h)."""
     empty = x.new_empty((0,), dtype=torch.int32)
     if group_size:
         return empty
@@ -240,7 +242,7 @@ def _clip_mask_fake(x: torch.Tensor, axis, group_size: int) -> torch.Tensor:
         ax = axis % x.dim()
         if x.shape[ax] > 1:
             run = x.stride(ax) if is_non_overlapping_and_dense(x) else math.prod(x.shape[ax + 1:])
-            if run < 32:
+            if run < 32 and x.device.type != "cpu":
                 return empty
     return x.new_empty(((x.numel() + 31) // 32,), dtype=torch.int32)
 

@@ -203,3 +203,24 @@ def test_inductor_crosses_freeze_bn_after_without_recompile(device):
     for name, b in module.named_buffers():
         torch.testing.assert_close(b, eager.get_buffer(name), **TOL, msg=lambda m: f"{name}: {m}")
     assert int(module.qat_steps) == 2 and module.is_bn_frozen
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="bn_stats='approx' under inductor: weight gradients differ from eager "
+                   "(docs/bn_folding.md); when this passes, approx can become the default")
+def test_inductor_approx_bn_stats_gradients(device):
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    float_parts = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU())
+    module = QuantConvBnReLU2d.from_float(float_parts, qx.QConfig.uniform(bits=8), freeze_bn_after=2,
+                                          bn_stats="approx").to(device)
+    qx.calibrate(module, [torch.randn(2, 3, 6, 6, device=device)], progress=False)
+    module.train()
+    eager = copy.deepcopy(module)
+    compiled = torch.compile(module, backend="inductor")
+    for _ in range(4):
+        x = torch.randn(2, 3, 6, 6, device=device)
+        compiled(x).square().sum().backward()
+        eager(x).square().sum().backward()
+    for p, q in zip(module.parameters(), eager.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, **TOL)

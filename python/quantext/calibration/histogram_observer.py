@@ -38,7 +38,7 @@ import torch.distributed as dist
 
 from .._ops import ops
 from ..spec import QuantSpec
-from .observers import Observer, observed_input
+from .observers import Observer
 from .ranges import ACIQ_PRIORS, ACIQ_SIGMAS, KL_VARIANTS, check_option, range_from_stats
 from .stats import HistogramStats
 
@@ -157,13 +157,9 @@ class HistogramObserver(Observer):
         self.hist = _merge_bins(self.hist, shift.long())
         self.amax = target
 
-    def _record(self, x: torch.Tensor) -> torch.Tensor:
+    def _record(self, x: torch.Tensor) -> None:
         # In the input's own precision (float64 values beyond float32's range are kept), with
         # temporaries below the input's size (chunked_moments; the histogram op reads x itself).
-        out = x
-        x = observed_input(x, type(self).__name__)
-        if x.numel() == 0:
-            return out
         axis, dims = self._reduce_dims(x)
         channels = 1 if axis is None else x.shape[axis]
         if not self.observed:
@@ -185,7 +181,6 @@ class HistogramObserver(Observer):
         else:
             hist = ops.magnitude_histogram(x, self.bins, amax, axis)
         self.hist += hist
-        return out
 
     def stats(self) -> HistogramStats:
         """The recorded statistics on the host, float64."""
@@ -194,6 +189,10 @@ class HistogramObserver(Observer):
         amax = torch.where(self.amax > 0, self.amax, 1.0)
         rest = (getattr(self, n).cpu() for n in _STAT_BUFFERS[1:])
         return HistogramStats(self.hist.double().cpu(), amax.cpu(), *rest)
+
+    def negative_fraction(self) -> float | None:
+        count = float(self.count.sum()) if self.observed else 0.0
+        return float(self.hist[:, 0].sum()) / count if count else None
 
     def compute_range(self, spec: QuantSpec, **options) -> tuple[torch.Tensor, torch.Tensor]:
         """Clipping range for ``spec.calibration`` (float32, ``[]`` or ``[C]``).

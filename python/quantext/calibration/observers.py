@@ -49,6 +49,21 @@ def finite_extremes(x: torch.Tensor, dims: tuple[int, ...] | None) -> tuple[torc
     return lo, hi
 
 
+def _sign_counts(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Number of negative and of finite values of ``x``, counted on views of about a
+    sixteenth of it (the masks stay well below the input's size)."""
+    if x.dim() == 0:
+        x = x.reshape(1)
+    d = max(range(x.dim()), key=lambda i: x.shape[i])
+    step = max(1, -(-x.shape[d] // 16))
+    negatives = torch.zeros((), dtype=torch.int64, device=x.device)
+    finite = torch.zeros((), dtype=torch.int64, device=x.device)
+    for c in x.split(step, dim=d):
+        negatives += (c < 0).sum()
+        finite += torch.isfinite(c).sum()
+    return negatives, finite
+
+
 def keeping_dtypes(fn, tensors) -> Callable[[torch.Tensor], torch.Tensor]:
     """``fn`` for ``nn.Module._apply`` that moves ``tensors`` (None entries allowed)
     to the device ``fn`` gives them but keeps their dtype."""
@@ -86,10 +101,14 @@ class Observer(nn.Module):
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Records ``x`` (returned unchanged)."""
-        with module_lock(self):
-            return self._record(x)
+        values = observed_input(x, type(self).__name__)
+        if values.numel():
+            with module_lock(self):
+                self._record(values)
+        return x
 
-    def _record(self, x: torch.Tensor) -> torch.Tensor:
+    def _record(self, x: torch.Tensor) -> None:
+        """Adds the checked, non-empty values ``x`` to the statistics."""
         raise NotImplementedError
 
     def _axis_of(self, x: torch.Tensor) -> int | None:
@@ -121,6 +140,12 @@ class Observer(nn.Module):
         """Clipping range for ``spec`` (its ``calibration`` method)."""
         raise NotImplementedError
 
+    def negative_fraction(self) -> float | None:
+        """Fraction of the finite values recorded that were negative (what an
+        unsigned grid without a zero point clips to 0), or ``None`` when it is
+        not known (statistics loaded from a state dict)."""
+        raise NotImplementedError
+
     def all_reduce_(self, group=None) -> None:
         """Combine statistics across the ranks of ``group`` (no-op without DDP)."""
         raise NotImplementedError
@@ -148,6 +173,10 @@ class MinMaxObserver(Observer):
         self.averaging_constant = averaging_constant
         self.register_buffer("min_val", torch.tensor([]))
         self.register_buffer("max_val", torch.tensor([]))
+        # Counts of negative and of finite values, for negative_fraction(); not saved (older state
+        # dicts lack them), so a loaded observer does not know the fraction.
+        self.register_buffer("negatives", torch.zeros((), dtype=torch.int64), persistent=False)
+        self.register_buffer("finite", torch.zeros((), dtype=torch.int64), persistent=False)
 
     @property
     def observed(self) -> bool:
@@ -159,11 +188,7 @@ class MinMaxObserver(Observer):
         lo, hi = finite_extremes(x, dims)
         return lo.reshape(-1), hi.reshape(-1)
 
-    def _record(self, x: torch.Tensor) -> torch.Tensor:
-        out = x
-        x = observed_input(x, type(self).__name__)
-        if x.numel() == 0:
-            return out
+    def _record(self, x: torch.Tensor) -> None:
         lo, hi = self._extremes(x)
         if bool((lo > hi).any()):
             bad = int((lo > hi).nonzero()[0, 0])
@@ -173,6 +198,9 @@ class MinMaxObserver(Observer):
         # instead of becoming inf for float64 values beyond float32's range.
         f32 = torch.finfo(torch.float32).max
         lo, hi = lo.double().clamp(-f32, f32).float(), hi.double().clamp(-f32, f32).float()
+        negatives, finite = _sign_counts(x)
+        self.negatives += negatives
+        self.finite += finite
         if not self.observed:
             self.min_val, self.max_val = lo, hi
         elif self.averaging_constant is None:
@@ -182,7 +210,6 @@ class MinMaxObserver(Observer):
             c = self.averaging_constant
             self.min_val = self.min_val + c * (lo - self.min_val)
             self.max_val = self.max_val + c * (hi - self.max_val)
-        return out
 
     def compute_range(self, spec: QuantSpec) -> tuple[torch.Tensor, torch.Tensor]:
         if not self.observed:
@@ -196,9 +223,15 @@ class MinMaxObserver(Observer):
             lo = -hi if spec.signed else torch.zeros_like(hi)
         return self._squeeze(lo), self._squeeze(hi)
 
+    def negative_fraction(self) -> float | None:
+        finite = int(self.finite)
+        return int(self.negatives) / finite if finite else None
+
     def all_reduce_(self, group=None) -> None:
         if not (dist.is_available() and dist.is_initialized()) or not self.observed:
             return
+        dist.all_reduce(self.negatives, op=dist.ReduceOp.SUM, group=group)
+        dist.all_reduce(self.finite, op=dist.ReduceOp.SUM, group=group)
         if self.averaging_constant is not None:
             dist.all_reduce(self.min_val, op=dist.ReduceOp.SUM, group=group)
             dist.all_reduce(self.max_val, op=dist.ReduceOp.SUM, group=group)
