@@ -62,6 +62,15 @@ class QuantSpec:
         rounding: PoT only: ``"nearest"`` level in the linear domain or
             ``"log"`` (round ``log2|x|``, the seed's behaviour).
         weight_norm: APoT paper's ``(w - mean) / std`` before quantizing.
+        sign_from_data: calibration decides ``signed`` from the observed data:
+            signed when it saw a negative value, unsigned (one more bit of
+            magnitude) when it saw none; ``signed`` is the value until then. For
+            grids without a zero point (symmetric uniform, PoT, APoT), whose
+            unsigned form clips every negative value to 0; an asymmetric grid
+            covers negative values with its zero point already. The spec a
+            quantizer holds (and saves in its state) after calibration is the
+            decided one. Without it, an unsigned spec whose calibration data hold
+            negative values warns (quantizer name, fraction clipped).
     """
 
     scheme: str = "uniform"
@@ -78,6 +87,7 @@ class QuantSpec:
     k: int = 2
     rounding: str = "nearest"
     weight_norm: bool = False
+    sign_from_data: bool = False
 
     def __post_init__(self) -> None:
         _choice("scheme", self.scheme, SCHEMES)
@@ -86,7 +96,7 @@ class QuantSpec:
         _choice("rounding", self.rounding, ROUNDINGS)
         for name in ("bits", "axis", "k") + (("group_size",) if self.group_size is not None else ()):
             _typed(name, getattr(self, name), int)
-        for name in ("signed", "symmetric", "narrow_range", "learnable", "weight_norm"):
+        for name in ("signed", "symmetric", "narrow_range", "learnable", "weight_norm", "sign_from_data"):
             _typed(name, getattr(self, name), bool)
         if isinstance(self.percentile, bool) or not isinstance(self.percentile, (int, float)):
             raise TypeError(f"percentile must be a number, got {self.percentile!r}")
@@ -114,6 +124,14 @@ class QuantSpec:
             raise ValueError(f"rounding='log' is only defined for scheme='pot', got {self.scheme!r}")
         if self.weight_norm and self.scheme == "uniform":
             raise ValueError("weight_norm=True is the APoT paper's option: use scheme='pot' or 'apot'")
+        if self.sign_from_data:
+            if not self.symmetric:
+                raise ValueError("sign_from_data=True is for grids without a zero point (symmetric=True): an "
+                                 "asymmetric grid represents negative values through its zero point")
+            if self.narrow_range:
+                raise ValueError("sign_from_data=True needs narrow_range=False (an unsigned grid has no narrow range)")
+            if self.bits < 2:
+                raise ValueError(f"sign_from_data=True needs bits >= 2 (the signed grid), got bits={self.bits}")
         # Constants of every op call, derived once (not fields: equality and replace() ignore them).
         bounds = grid_bounds(self.bits, self.signed, self.narrow_range) if self.scheme == "uniform" else None
         object.__setattr__(self, "_bounds", bounds)
@@ -144,7 +162,7 @@ def default_weight_spec(bits: int = 8, scheme: str = "uniform") -> QuantSpec:
 
 
 def default_activation_spec(bits: int = 8, scheme: str = "uniform", signed: bool = True,
-                            calibration: str = "entropy") -> QuantSpec:
+                            calibration: str = "mse") -> QuantSpec:
     """Per-tensor activations, symmetric (TensorRT's form) unless ``signed=False``."""
     return QuantSpec(scheme=scheme, bits=bits, signed=signed, symmetric=True, granularity="tensor",
                      calibration=calibration)

@@ -118,6 +118,13 @@ def _entropy_clip(mag: torch.Tensor, amax: torch.Tensor, level_bits: int, opts: 
     levels = 1 << level_bits
     if max(levels, opts["kl_start_bin"] if opts["kl_variant"] == "tensorrt" else 0) >= mag.shape[-1]:
         return top
+    if mag.shape[-1] > 1:
+        # Exact zeros (ReLU outputs, padding) pile up in bin 0; merged into a level with its
+        # neighbours that spike costs so much divergence that the search clips far too low (1.5
+        # sigma at 8 bits on a ReLU'd Gaussian). Bin 0 counts like bin 1 instead, as NVIDIA's
+        # pytorch-quantization entropy calibrator does (unless nothing else has counts).
+        mag = mag.clone()
+        mag[..., 0] = torch.where(mag[..., 1:].sum(-1) > 0, mag[..., 1], mag[..., 0])
     return ops.calib_entropy(mag, amax, levels, opts["kl_start_bin"], opts["kl_variant"])[0]
 
 

@@ -38,6 +38,8 @@ from __future__ import annotations
 
 import math
 import sys
+import warnings
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import torch
@@ -76,6 +78,19 @@ def param_shape(spec: QuantSpec, shape: Sequence[int]) -> tuple[int, ...]:
     return tuple(out)
 
 
+def range_step(spec: QuantSpec, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+    """The step (uniform ``scale``) or clipping value (PoT/APoT ``alpha``) that maps
+    the clipping range ``[lo, hi]`` onto ``spec``'s grid, before any floor (see
+    :func:`qparams_from_range`); float32."""
+    lo, hi = lo.float(), hi.float()
+    if spec.scheme != "uniform":
+        return torch.maximum(lo.abs(), hi.abs())
+    qmin, qmax = spec.bounds
+    if spec.symmetric:
+        return torch.maximum(lo.abs(), hi.abs()) / qmax
+    return (hi.clamp(min=0.0) - lo.clamp(max=0.0)) / (qmax - qmin)
+
+
 def qparams_from_range(spec: QuantSpec, lo: torch.Tensor, hi: torch.Tensor,
                        min_scale: float = MIN_SCALE) -> dict[str, torch.Tensor]:
     """Quantization parameters that map the clipping range ``[lo, hi]`` onto ``spec``'s grid.
@@ -86,21 +101,41 @@ def qparams_from_range(spec: QuantSpec, lo: torch.Tensor, hi: torch.Tensor,
       ``scale = (hi - lo) / (qmax - qmin)``, ``zero_point = qmin - round(lo / scale)``.
 
     Scales and ``alpha`` are raised to ``min_scale`` (never 0 or NaN for a
-    finite range).
+    finite range); :func:`range_step` is the value before that.
     """
-    lo, hi = lo.float(), hi.float()
-    amax = torch.maximum(lo.abs(), hi.abs())
+    step = range_step(spec, lo, hi).clamp_min(min_scale)
     if spec.scheme != "uniform":
-        return {"alpha": amax.clamp_min(min_scale)}
-    qmin, qmax = spec.bounds
+        return {"alpha": step}
     if spec.symmetric:
-        scale = (amax / qmax).clamp_min(min_scale)
-        return {"scale": scale, "zero_point": torch.zeros_like(scale, dtype=torch.int32)}
-    lo, hi = lo.clamp(max=0.0), hi.clamp(min=0.0)
-    scale = ((hi - lo) / (qmax - qmin)).clamp_min(min_scale)
+        return {"scale": step, "zero_point": torch.zeros_like(step, dtype=torch.int32)}
+    qmin, qmax = spec.bounds
     # lo <= 0 puts the zero point in range up to rounding; the clamp only absorbs that.
-    zero_point = (qmin - torch.round(lo / scale)).clamp(qmin, qmax).to(torch.int32)
-    return {"scale": scale, "zero_point": zero_point}
+    zero_point = (qmin - torch.round(lo.float().clamp(max=0.0) / step)).clamp(qmin, qmax).to(torch.int32)
+    return {"scale": step, "zero_point": zero_point}
+
+
+@dataclass(frozen=True)
+class RangeFindings:
+    """What a quantizer's last :meth:`Quantizer.compute_qparams` found in its data.
+
+    Attributes:
+        floored: the smallest scale (uniform) or ``alpha`` (PoT/APoT) the data
+            asked for, when it was below the quantizer's ``min_scale`` and was
+            raised to it (the grid is then coarser than the data's range);
+            ``None`` when no value hit the floor.
+        negative_fraction: fraction of the observed values that were negative
+            (``None``: unknown, statistics loaded from a state dict).
+        clipped_fraction: fraction of the observed values that the grid clips
+            to 0 because it is unsigned without a zero point (0.0 otherwise;
+            ``None``: unknown).
+        signed: the ``signed`` the quantizer uses; for a ``sign_from_data``
+            spec, the one calibration decided.
+    """
+
+    floored: float | None
+    negative_fraction: float | None
+    clipped_fraction: float | None
+    signed: bool
 
 
 class _StraightClamp(torch.autograd.Function):
@@ -129,7 +164,8 @@ def _project(t: torch.Tensor, lo: float, hi: float | None = None) -> torch.Tenso
     return _StraightClamp.apply(t, lo, hi)
 
 
-SPEC_FIELDS = ("scheme", "bits", "signed", "symmetric", "narrow_range", "granularity", "axis", "group_size", "k")
+SPEC_FIELDS = ("scheme", "bits", "signed", "symmetric", "narrow_range", "granularity", "axis", "group_size", "k",
+               "sign_from_data")
 """The spec fields a quantizer's saved state depends on (compared when loading)."""
 
 
@@ -219,6 +255,8 @@ class Quantizer(MirroredStateMixin, nn.Module):
         self._register_mirrored("observer_enabled", 0)
         self._register_mirrored("initialized", 0)
         self._lock = ThreadLock()
+        self.findings: RangeFindings | None = None  # of the last compute_qparams
+        self._warned: set[str] = set()  # finding kinds warned about (once per quantizer)
 
     # ----------------------------------------------------------------- casting
     def _apply(self, fn, recurse: bool = True):
@@ -339,15 +377,59 @@ class Quantizer(MirroredStateMixin, nn.Module):
         return self.spec.bounds
 
     @torch.no_grad()
-    def compute_qparams(self) -> "Quantizer":
+    def compute_qparams(self, *, warn: bool = True) -> "Quantizer":
         """Sets the parameters from the observer's range (``spec.calibration``), see
-        :func:`qparams_from_range`."""
+        :func:`qparams_from_range`.
+
+        A ``sign_from_data`` spec first becomes signed if the data held a
+        negative value, unsigned if not. What was found is kept in
+        :attr:`findings` (:class:`RangeFindings`). With ``warn``, warns once
+        per quantizer (:func:`quantext.calibrate` reports all quantizers in one
+        warning instead) when an unsigned grid without a zero point clips
+        negative data, and when a scale or ``alpha`` hit the ``min_scale`` floor.
+        """
         if not self.observer.observed:
             raise RuntimeError(f"{self._where()}: compute_qparams needs observed data; run the model with "
                                "observe(True) first (qx.calibrate does)")
+        negative = self.observer.negative_fraction()
+        saw_negative = bool((self.observer.min_val < 0).any())
+        if self.spec.sign_from_data and self.spec.signed != saw_negative:
+            self.spec = self.spec.replace(signed=saw_negative)
         lo, hi = self.observer.compute_range(self.spec)
         shape = self._primary.shape
-        return self.set_qparams(**qparams_from_range(self.spec, lo.reshape(shape), hi.reshape(shape), self.min_scale))
+        lo, hi = lo.reshape(shape), hi.reshape(shape)
+        step = range_step(self.spec, lo, hi)
+        floored = bool((step < self.min_scale).any())
+        clips = not self.spec.signed and self.spec.symmetric
+        self.findings = RangeFindings(
+            floored=float(step.min()) if floored else None, negative_fraction=negative,
+            clipped_fraction=(negative if clips else 0.0) if saw_negative else 0.0, signed=self.spec.signed)
+        self.set_qparams(**qparams_from_range(self.spec, lo, hi, self.min_scale))
+        if warn:
+            for kind, message in self.finding_messages().items():
+                if kind not in self._warned:
+                    self._warned.add(kind)
+                    warnings.warn(message, stacklevel=2)
+        return self
+
+    def finding_messages(self) -> dict[str, str]:
+        """:attr:`findings` as warning texts: ``"clip"`` (negative values clipped by
+        an unsigned grid without a zero point) and ``"floor"`` (a scale or
+        ``alpha`` raised to ``min_scale``), each only when it happened."""
+        f, out = self.findings, {}
+        if f is None:
+            return out
+        if f.clipped_fraction is None or f.clipped_fraction > 0:
+            amount = "some" if f.clipped_fraction is None else f"{f.clipped_fraction:.1%}"
+            out["clip"] = (f"{self._where()} clips negative values: {amount} of the values it was calibrated on are "
+                           f"negative (down to {float(self.observer.min_val.min()):.3g}) and its unsigned spec has "
+                           "no zero point, so they become 0; use signed=True, sign_from_data=True or symmetric=False")
+        if f.floored is not None:
+            what = "scale" if self.spec.scheme == "uniform" else "alpha"
+            out["floor"] = (f"{self._where()} hit the scale floor: its data asked for a {what} of {f.floored:.3g}, "
+                            f"below min_scale={self.min_scale:g}, which it uses instead (a grid coarser than the "
+                            "data; tiny activations often mean BatchNorm statistics that do not fit the data)")
+        return out
 
     @torch.no_grad()
     def set_qparams(self, scale: torch.Tensor | None = None, zero_point: torch.Tensor | None = None,
@@ -486,9 +568,13 @@ class Quantizer(MirroredStateMixin, nn.Module):
         where = f"Quantizer '{prefix[:-1] or self.name}'"
         extra_key = prefix + "_extra_state"
         saved_extra = state_dict.get(extra_key)
+        adopt_signed = None
         if isinstance(saved_extra, dict) and isinstance(saved_extra.get("quantext_spec"), dict):
             saved_spec, mine = saved_extra["quantext_spec"], _spec_state(self.spec)
             differs = [f for f in SPEC_FIELDS if f in saved_spec and saved_spec[f] != mine[f]]
+            if self.spec.sign_from_data and differs == ["signed"]:
+                # Calibration decided the sign of the saved state: take it (once the load succeeds).
+                adopt_signed, differs = bool(saved_spec["signed"]), []
             if differs and _load_is_strict():
                 error_msgs.append(f"{where}: the state dict was saved for {_describe(saved_spec)} but this quantizer "
                                   f"has {_describe(mine)} (they differ in {differs}); pass strict=False to load "
@@ -498,6 +584,7 @@ class Quantizer(MirroredStateMixin, nn.Module):
             error_msgs.append(f"{where}: unreadable {extra_key!r} entry (expected the saved spec), got "
                               f"{type(saved_extra).__name__}")
             return
+        errors_before = len(error_msgs)
         own = list(self._state()) + list(self._mirrored)
         absent = [n for n in own if prefix + n not in state_dict]
         if absent:
@@ -514,5 +601,7 @@ class Quantizer(MirroredStateMixin, nn.Module):
                                       error_msgs)
         if extra_key in missing_keys:  # saved before quantizers stored their spec
             missing_keys.remove(extra_key)
+        if adopt_signed is not None and len(error_msgs) == errors_before:
+            self.spec = self.spec.replace(signed=adopt_signed)
         if not self.name and prefix:
             self.name = prefix[:-1]
