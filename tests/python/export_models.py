@@ -122,7 +122,7 @@ def constants(model: onnx.ModelProto) -> dict[str, np.ndarray]:
 
 def assert_qdq_structure(model: onnx.ModelProto) -> None:
     """Only standard operators; every Q feeds DQ (directly or through one Clip),
-    every DQ reads a Q, a Clip of a Q or a constant, a Q and its DQ share
+    every DQ reads a Q, a Clip of a Q, a constant or a codebook Gather of constant codes, a Q and its DQ share
     parameters, and no tensor is quantized twice with the same parameters (in
     parallel or in a chain)."""
     graph = model.graph
@@ -155,8 +155,10 @@ def assert_qdq_structure(model: onnx.ModelProto) -> None:
             src = node.input[0]
             if src not in consts:
                 p = prod[src]
-                assert p.op_type == "QuantizeLinear" or (p.op_type == "Clip"
-                                                         and prod[p.input[0]].op_type == "QuantizeLinear")
+                codebook = p.op_type == "Gather" and p.input[0] in consts and prod[p.input[1]].op_type == "Cast" \
+                    and prod[p.input[1]].input[0] in consts  # PoT/APoT weight codes decoded to integer levels
+                assert codebook or p.op_type == "QuantizeLinear" or (p.op_type == "Clip"
+                                                                     and prod[p.input[0]].op_type == "QuantizeLinear")
 
 
 def weight_dqs(model: onnx.ModelProto) -> list[tuple[onnx.NodeProto, onnx.NodeProto, np.ndarray]]:

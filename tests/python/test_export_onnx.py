@@ -175,3 +175,83 @@ def test_verification_catches_wrong_exports(tmp_path):
     with pytest.raises(VerificationError, match=r"output '.*': 20 of 20 elements differ by more than 1e-05 relative"):
         verify_onnx(bad, model, x)
 
+
+
+class PositionalEmbedding(nn.Module):
+    """Parameters read directly by the graph (get_attr), one of them 0-dim: the
+    residual-add quantizers of ``prepare_qat`` quantize them as constant inputs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pos = nn.Parameter(torch.randn(5, 8))
+        self.shift = nn.Parameter(torch.tensor(0.25))
+        self.lin = nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.lin(x + self.pos) + self.shift
+
+
+APOT4 = qx.QConfig(weight=QuantSpec(scheme="apot", bits=4, granularity="channel", axis=0),
+                  activation=QuantSpec(scheme="apot", bits=4, signed=True))
+
+
+@pytest.mark.parametrize("qconfig", [qx.QConfig.uniform(8), qx.QConfig.uniform(8, backend="onnxruntime"), APOT4],
+                         ids=["tensorrt", "onnxruntime", "apot4"])
+def test_parameters_used_in_the_graph_export_as_codes(tmp_path, qconfig):
+    x = torch.randn(2, 5, 8)
+    prepared = qx.prepare_qat(PositionalEmbedding(), qconfig, example_inputs=(x,))
+    qx.calibrate(prepared, [torch.randn(2, 5, 8) for _ in range(2)], progress=False)
+    model = qx.convert(prepared)
+    proto = onnx.load(qx.export_onnx(model, (x,), tmp_path / "pos.onnx"))  # verify=True
+    assert_qdq_structure(proto)
+    consts = constants(proto)
+    if qconfig is APOT4:  # constant codes, Cast to the indices of a codebook (verified against PyTorch above)
+        decoded = {module_path(n) for n in proto.graph.node if n.op_type == "Cast" and n.input[0] in consts}
+        assert {"add_input1_quantizer", "add_1_input1_quantizer"} <= decoded
+        return
+    dqs = {module_path(n): n for n in proto.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in consts}
+    for path, param in [("add_input1_quantizer", model.pos), ("add_1_input1_quantizer", model.shift)]:
+        quantizer, dq = model.get_submodule(path), dqs[path]
+        qmin, qmax = quantizer.bounds
+        scale, zp = (quantizer.qparams()[k] for k in ("scale", "zero_point"))
+        # independent reference: ATen's fake quantization, read back as codes
+        ref = torch.fake_quantize_per_tensor_affine(param.detach(), float(scale), int(zp), qmin, qmax)
+        codes = consts[dq.input[0]]
+        assert codes.shape == tuple(param.shape) and codes.dtype == (np.int8 if qmin < 0 else np.uint8)
+        np.testing.assert_array_equal((codes.astype(np.float32) - consts[dq.input[2]]) * consts[dq.input[1]],
+                                      ref.numpy())
+
+
+class TinyChannel(nn.Module):
+    """A per-channel weight quantizer whose channels' scales are 1e8 apart (a
+    layer scale of 1e-6 folded into one output channel)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        w = torch.randn(2, 4)
+        w[1] *= 1e-7
+        self.weight = nn.Parameter(w)
+        spec = QuantSpec(bits=8, narrow_range=True, granularity="channel", axis=0)
+        self.q = qx.nn.Quantizer(spec, shape=(2,), role="weight")
+        self.q.set_qparams(scale=torch.tensor([w[0].abs().max() / 127, 1e-9]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x @ self.q(self.weight).t()
+
+
+def test_verification_compares_codes_at_any_scale(tmp_path):
+    model, x = TinyChannel(), torch.randn(3, 4)
+    path = qx.export_onnx(model, x, tmp_path / "tiny.onnx")  # verify=True
+    codes = next(t.name for t in onnx.load(path).graph.initializer if numpy_helper.to_array(t).dtype == np.int8
+                 and numpy_helper.to_array(t).ndim == 2)
+
+    def plant(c: np.ndarray) -> np.ndarray:  # five steps (5e-9) off in the tiny channel: far below the float
+        assert c.shape == (4, 2)             # tolerance of the large one, but five codes apart
+        c = c.copy()                         # (MatMul layout [in, out]: the output channel is axis 1)
+        c[0, 1] += 5 if c[0, 1] < 100 else -5
+        return c
+
+    bad = _tampered(path, tmp_path, codes, plant)
+    with pytest.raises(VerificationError, match=r"module 'q'.*: 1 of 8 elements differ by more than one "
+                                                r"quantization step; .* = code -?\d+, PyTorch .* = code -?\d+\)"):
+        verify_onnx(bad, model, x)

@@ -88,8 +88,16 @@ def test_per_channel_activation_alpha(tmp_path):
     np.testing.assert_array_equal(run(path, x), reference(x, q))
 
 
-@pytest.mark.parametrize("grid", ["pot4s", "apot5s", "apot3u"])
-def test_weights_are_integer_codes_with_a_codebook(tmp_path, grid):
+# APoT 4 magnitude bits: the design's level set {0, 1/48, ..., 11/16, 3/4, 1} times 48
+APOT_B4 = [0, 1, 2, 3, 4, 6, 8, 9, 12, 16, 18, 24, 32, 33, 36, 48]
+
+
+@pytest.mark.parametrize("grid,book_type,denominator", [
+    ("pot4s", np.int8, 64), ("apot5s", np.int8, 48), ("apot3u", np.uint8, 10),  # B = 3: {0, .1, .2, .3, .4, .6, .8, 1}
+    ("pot4u", np.int32, 1 << 14),  # 2^-14 .. 1: integers beyond int8
+    ("pot8s", None, None),  # 2^-126 .. 1: no integer form, float levels times alpha
+])
+def test_weights_are_integer_codes_with_a_codebook(tmp_path, grid, book_type, denominator):
     scheme, bits, signed = GRIDS[grid]
     spec = QuantSpec(scheme=scheme, bits=bits, signed=signed, granularity="channel")
     conv = qx.nn.QuantConv2d.from_float(nn.Conv2d(3, 6, 3), qx.QConfig(weight=spec, activation=None))
@@ -101,19 +109,35 @@ def test_weights_are_integer_codes_with_a_codebook(tmp_path, grid):
     graph = onnx.load(path).graph
     consts = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
     prod = producers(graph)
-    mul = prod[next(n for n in graph.node if n.op_type == "Conv").input[1]]
-    gather = prod[mul.input[0]]
+    decode = prod[next(n for n in graph.node if n.op_type == "Conv").input[1]]
+    gather = prod[decode.input[0]]
     cast = prod[gather.input[1]]
-    assert (mul.op_type, gather.op_type, cast.op_type) == ("Mul", "Gather", "Cast")
-    codes, book, alpha = consts[cast.input[0]], consts[gather.input[0]], consts[mul.input[1]]
-    n = len(level_table(scheme, bits, signed))
-    assert codes.shape == tuple(conv.weight.shape) and alpha.shape == (6, 1, 1, 1)
-    assert len(book) == (2 * n - 1 if signed else n)
+    assert (gather.op_type, cast.op_type) == ("Gather", "Cast")
+    codes, book, scale = consts[cast.input[0]], consts[gather.input[0]], consts[decode.input[1]]
+    levels = level_table(scheme, bits, signed)
+    assert codes.shape == tuple(conv.weight.shape) and len(book) == (2 * len(levels) - 1 if signed else len(levels))
     q = conv.weight_quantizer
-    # quantext's own integer codes (sign * level index), and the reference's values
+    # quantext's own integer codes (sign * level index)
     np.testing.assert_array_equal(codes, qx.quantize(conv.weight.detach(), spec, alpha=q.alpha).numpy())
-    decoded = book[codes.astype(np.int64)] * alpha  # Gather semantics: negative codes index from the end
-    np.testing.assert_array_equal(decoded, reference(conv.weight.detach(), q))
+    alpha = q.alpha.detach().numpy().reshape(-1, 1, 1, 1)
+    if book_type is None:
+        assert decode.op_type == "Mul" and book.dtype == np.float32 and scale.shape == (6, 1, 1, 1)
+        decoded = book[codes.astype(np.int64)] * scale  # Gather semantics: negative codes index from the end
+    else:  # integer levels m = level * d read by a weight DequantizeLinear at scale alpha / d
+        assert decode.op_type == "DequantizeLinear" and book.dtype == book_type and scale.shape == (6,)
+        assert next(a.i for a in decode.attribute if a.name == "axis") == 0
+        assert not consts[decode.input[2]].any()
+        np.testing.assert_array_equal(book[:len(levels)], np.rint(levels * denominator))  # exact multiples
+        if grid == "apot5s":
+            assert book[:len(levels)].tolist() == APOT_B4
+        np.testing.assert_array_equal(scale, (q.alpha.detach().double() / denominator).float().numpy())
+        decoded = book[codes.astype(np.int64)].astype(np.float32) * scale.reshape(-1, 1, 1, 1)
+    want = reference(conv.weight.detach(), q)
+    if scheme == "pot":  # powers of two: m * (alpha / d) is level * alpha bit for bit
+        np.testing.assert_array_equal(decoded, want)
+    else:  # fl(m * fl(alpha / d)) against fl(fl(m / d) * alpha): within a float32 ulp or two
+        np.testing.assert_allclose(decoded, want, rtol=2.5e-7, atol=0)
+    assert np.all(np.abs(want) <= alpha * (1 + 1e-6))
 
 
 POT_W = QuantSpec(scheme="pot", bits=4, granularity="channel")

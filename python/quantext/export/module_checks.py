@@ -1,6 +1,7 @@
 """The exporter's only knowledge of quantext's modules, duck-typed: a model
-that still holds BatchNorm or an enabled quantizer flagged as never calibrated
-is refused before tracing, with the module's path. Everything else is read
+that still holds BatchNorm (``qx.convert`` leaves none: folded, or a
+:class:`~quantext.nn.ChannelAffine`) or an enabled quantizer flagged as never
+calibrated is refused before tracing, with the module's path. Everything else is read
 from the ops in the traced graph."""
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ def check_modules(model: nn.Module) -> None:
                 raise ValueError(f"module '{owner_path}' ({type(owner).__name__}) still computes BatchNorm "
                                  f"('{path}'): call qx.convert(model) to fold it into the weights before export")
             raise ValueError(f"module '{path}' ({type(module).__name__}) is not folded: call qx.convert(model) "
-                             "(it folds BatchNorm into the preceding convolution) before export")
+                             "before export (it folds a BatchNorm into the convolution before it, and turns any "
+                             "other into the per-channel affine qx.nn.ChannelAffine, which exports as Mul/Add)")
         # (a disabled quantizer returns its input: it is not exported)
         if isinstance(getattr(module, "spec", None), QuantSpec) and getattr(module, "calibrated", True) is False \
                 and getattr(module, "enabled", True):

@@ -18,7 +18,7 @@ from .graph import describe
 from .module_checks import check_modules
 from .onnxruntime_rules import check_onnxruntime_rules
 from .record import write_record
-from .verify import verify_onnx
+from .verify import VerificationReport, verify_onnx
 
 # The torch.export-based exporter translates at opset 18 and converts upwards;
 # converting down fails (no Relu 14 -> 13 adapter), so 18 is the floor.
@@ -59,6 +59,19 @@ def _capture(model: nn.Module, args: tuple, dynamic_batch: bool) -> torch.export
                          f"with dynamic_batch=False. torch.export said: {str(err).splitlines()[0]}") from err
 
 
+class ExportedPath(str):
+    """The path :func:`export_onnx` wrote (a ``str``), with the
+    :class:`~quantext.export.VerificationReport` of ``verify=True`` (else
+    ``None``) as ``.verification``."""
+
+    verification: VerificationReport | None
+
+    def __new__(cls, path: str, verification: VerificationReport | None) -> "ExportedPath":
+        self = super().__new__(cls, path)
+        self.verification = verification
+        return self
+
+
 def _check(model: onnx.ModelProto) -> None:
     for node in model.graph.node:
         if node.op_type == "BatchNormalization":
@@ -76,7 +89,7 @@ def export_onnx(
     input_names: Sequence[str] | None = None,
     output_names: Sequence[str] | None = None,
     dynamic_batch: bool = False,
-) -> str:
+) -> ExportedPath:
     """Exports a converted quantext model to ONNX in QDQ form.
 
     Uniform quantizers become ``QuantizeLinear -> DequantizeLinear`` (weights as
@@ -98,7 +111,10 @@ def export_onnx(
         dynamic_batch: make dimension 0 of every input symbolic.
 
     Returns:
-        ``path`` as a string.
+        ``path`` as a string (an :class:`ExportedPath`) whose ``.verification``
+        is the :class:`~quantext.export.VerificationReport` with ``verify=True``:
+        the agreement of ONNX Runtime with all graph optimizations on, what a
+        user runs, and the int8 kernels in its optimized graph.
 
     Raises:
         ValueError: un-folded BatchNorm, an uncalibrated quantizer, an integer
@@ -109,7 +125,9 @@ def export_onnx(
 
     Warns:
         UserWarning: for each issue :func:`~quantext.export.check_onnxruntime_rules`
-            finds (a bias ONNX Runtime's int8 rewrite would saturate).
+            finds (a bias ONNX Runtime's int8 rewrite would saturate); with
+            ``verify=True``, when ONNX Runtime with all optimizations changes
+            a top-1 class.
     """
     if not isinstance(opset, int) or not MIN_OPSET <= opset <= MAX_OPSET:
         raise ValueError(f"opset must be an int in [{MIN_OPSET}, {MAX_OPSET}] (the torch.export-based "
@@ -132,9 +150,14 @@ def export_onnx(
         for issue in check_onnxruntime_rules(proto):
             warnings.warn(issue, stacklevel=2)
         onnx.save(proto, path)
-        if verify:
-            verify_onnx(path, model, args)
+        report = verify_onnx(path, model, args) if verify else None
     finally:
         for module, training in modes.items():
             module.training = training
-    return path
+    if report is not None and report.optimized_top1 is not None and report.optimized_top1 < 1:
+        warnings.warn(f"ONNX Runtime with all graph optimizations (ORT_ENABLE_ALL) changes the top-1 class at "
+                      f"{1 - report.optimized_top1:.0%} of the example outputs (largest difference "
+                      f"{report.optimized_max_diff:.3g}; without optimizations it matches): its int8 rewrites "
+                      "compute differently, see docs/export.md ('What ONNX Runtime does to each scheme')",
+                      stacklevel=2)
+    return ExportedPath(path, report)

@@ -9,7 +9,10 @@ ONNX operators.
   ``DequantizeLinear``: the form ONNX Runtime fuses into ``QLinearConv`` /
   ``QLinearMatMul`` and TensorRT reads as int8 weights.
 - Level tables (PoT/APoT), constant input: integer codes (``sign * index``)
-  decoded by ``Gather`` from a signed codebook, times ``alpha``.
+  decoded by ``Gather`` from a signed codebook of integers ``m`` (the levels
+  are ``m / d``), read by ``DequantizeLinear`` with scale ``alpha / d``: the
+  form ONNX Runtime runs as int8 (see :func:`_integer_levels`); grids with no
+  such integers (``d >= 2^31``, e.g. 8-bit PoT) decode to ``levels * alpha``.
 - Level tables, run-time input: ``v = x / alpha``; the level index
   ``#{thresholds t : |v| > t}`` by a branch-free binary search over the
   midpoints (``Gather``/``Greater``/``Where``, no ``levels x size`` tensor);
@@ -22,6 +25,7 @@ ONNX operators.
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 
 import numpy as np
 import onnx
@@ -38,7 +42,7 @@ _UINT8 = (TensorProto.UINT8, np.uint8, 0, 255)
 _INT16 = (TensorProto.INT16, np.int16, -(1 << 15), (1 << 15) - 1)
 _UINT16 = (TensorProto.UINT16, np.uint16, 0, (1 << 16) - 1)
 
-Step = tuple[np.ndarray, "int | None"]  # quantization step of an output, per tensor or along an axis
+Grid = dict  # the grid of a quantizer's output: the fields of a QuantizerRecord but its tensor and module
 
 
 class _Emitter:
@@ -119,19 +123,21 @@ def _along(p: torch.Tensor, axis: int | None, group_size: int, rank: int) -> tor
 
 def _uniform_codes(x: np.ndarray, scale: np.ndarray, zp: np.ndarray, a: dict, axis: int | None) -> np.ndarray:
     """Integer codes of a constant tensor, from the quantext op's own output so
-    they match the PyTorch forward bit for bit: ``q = round(y / s) + z``."""
-    xt, st, zt = torch.from_numpy(x), torch.from_numpy(scale), torch.from_numpy(zp)
+    they match the PyTorch forward bit for bit: ``q = round(y / s) + z``. (NumPy
+    turns 0-dim results into scalars, which ``torch.from_numpy`` refuses: a
+    0-dim parameter read by the graph, or any per-tensor quantizer's ``s, z``.)"""
+    xt, st, zt = (torch.from_numpy(np.asarray(v)) for v in (x, scale, zp))
     y = torch.ops.quantext.fake_quant_uniform(xt, st, zt, a["qmin"], a["qmax"], axis, a["group_size"])
     st, zt = (_along(p, axis, a["group_size"], x.ndim) for p in (st, zt))
     return (torch.round(y / st) + zt).clamp(a["qmin"], a["qmax"]).numpy()
 
 
-def _lower_uniform(g: Graph, node: onnx.NodeProto, opset: int) -> tuple[list[onnx.NodeProto], Step]:
+def _lower_uniform(g: Graph, node: onnx.NodeProto, opset: int) -> tuple[list[onnx.NodeProto], Grid]:
     a = _attrs(node)
     axis = None if a["axis"] == op_rules.PER_TENSOR else a["axis"]
     _check_input_type(g, node)
     scale = _param(g, node, 1, "scale", positive=True).astype(np.float32)
-    zp = np.rint(_param(g, node, 2, "zero point", positive=False)).astype(np.int64)
+    zp = np.asarray(np.rint(_param(g, node, 2, "zero point", positive=False)), np.int64)
     if zp.min() < a["qmin"] or zp.max() > a["qmax"]:
         raise ValueError(f"{describe(node)}: zero point {zp.ravel()[:8].tolist()} is outside "
                          f"[{a['qmin']}, {a['qmax']}]")
@@ -162,7 +168,9 @@ def _lower_uniform(g: Graph, node: onnx.NodeProto, opset: int) -> tuple[list[onn
             q = emit("Clip", [q, emit.const("qmin", np.array(a["qmin"], ntype)),
                               emit.const("qmax", np.array(a["qmax"], ntype))])
         emit("DequantizeLinear", [q, s_name, z_name], node.output[0], **qdq_attrs)
-    return emit.nodes, (scale.max(), None) if a["group_size"] else (scale, axis)
+    grid = dict(grid="uniform", scale=scale.ravel().tolist(), zero_point=zp.ravel().tolist(), axis=axis,
+                group_size=a["group_size"], param_shape=list(scale.shape) if a["group_size"] else None)
+    return emit.nodes, grid
 
 
 def thresholds(levels: np.ndarray) -> np.ndarray:
@@ -175,7 +183,7 @@ def thresholds(levels: np.ndarray) -> np.ndarray:
     return np.where(t32.astype(np.float64) > mid, np.nextafter(t32, np.float32(-np.inf)), t32)
 
 
-def _lower_levels(g: Graph, node: onnx.NodeProto, opset: int) -> tuple[list[onnx.NodeProto], Step]:
+def _lower_levels(g: Graph, node: onnx.NodeProto, opset: int) -> tuple[list[onnx.NodeProto], Grid]:
     a = _attrs(node)
     axis = None if a["axis"] == op_rules.PER_TENSOR else a["axis"]
     _check_input_type(g, node)
@@ -196,15 +204,23 @@ def _lower_levels(g: Graph, node: onnx.NodeProto, opset: int) -> tuple[list[onnx
         v = x.astype(np.float32) / alpha_b
         # the nearest level (ties to the smaller): the number of thresholds strictly below
         idx = np.searchsorted(t, np.abs(v) if a["signed"] else v, side="left")
-        if a["signed"]:
-            codes = (np.sign(v) * idx).astype(np.int8)
-            # Gather reads negative indices from the end: code -i finds -levels[i].
-            book = np.concatenate([levels, -levels[:0:-1]])
+        codes = (np.sign(v) * idx).astype(np.int8) if a["signed"] else idx.astype(np.uint8)
+        book = _integer_levels(levels, bool(a["signed"]))
+        if book is None:  # no integer form: float levels times alpha
+            book, scale = levels, alpha_name
+        else:  # integer multiples of alpha / denominator: a weight DequantizeLinear (see _integer_levels)
+            book, denominator = book
+            scale = (alpha.astype(np.float64) / denominator).astype(np.float32).reshape(() if axis is None else (-1,))
+        if a["signed"]:  # Gather reads negative indices from the end: code -i finds -book[i]
+            book = np.concatenate([book, -book[:0:-1]])
+        mag = emit("Gather", [emit.const("codebook", book), emit("Cast", [emit.const("codes", codes)],
+                                                                 to=TensorProto.INT32)])
+        if scale is alpha_name:
+            emit("Mul", [mag, alpha_name], node.output[0])
         else:
-            codes, book = idx.astype(np.uint8), levels
-        idx_name = emit("Cast", [emit.const("codes", codes)], to=TensorProto.INT32)
-        mag = emit("Gather", [emit.const("codebook", book), idx_name])
-        emit("Mul", [mag, alpha_name], node.output[0])
+            emit("DequantizeLinear", [mag, emit.const("scale", scale),
+                                      emit.const("zero_point", np.zeros(scale.shape, book.dtype))],
+                 node.output[0], **({} if axis is None else {"axis": axis}))
     else:
         v = emit("Div", [node.input[0], alpha_name])
         index = _search(emit, emit("Abs", [v]) if a["signed"] else v, t)
@@ -214,7 +230,41 @@ def _lower_levels(g: Graph, node: onnx.NodeProto, opset: int) -> tuple[list[onnx
             emit("Mul", [scaled, emit("Sign", [v])], node.output[0])
         else:
             emit("Mul", [mag, alpha_name], node.output[0])
-    return emit.nodes, (np.diff(levels).max() * alpha, axis)
+    grid = dict(grid="levels", scale=alpha.tolist(), zero_point=[0], axis=axis, levels=levels.tolist(),
+                signed=bool(a["signed"]))
+    return emit.nodes, grid
+
+
+def _integer_levels(levels: np.ndarray, signed: bool) -> tuple[np.ndarray, int] | None:
+    """``(m, d)`` with ``levels == m / d`` in float32, ``m`` integers of the
+    smallest type that holds them (int8 or int32 for a signed grid, which needs
+    ``-m`` too; uint8 or int32 for an unsigned one), or ``None`` when no such
+    ``d < 2^31`` exists.
+
+    PoT levels are powers of two and APoT levels sums of them over a common
+    maximum, so a b-bit weight grid is a set of small integers times
+    ``alpha / d`` (APoT 4-bit: ``d = 48``, PoT 4-bit: ``d = 64``). Exported as
+    int8 codes read by ``DequantizeLinear``, ONNX Runtime runs such a layer as
+    int8 (``QLinearConv``) exactly; as float weights it would quantize them
+    itself to a per-tensor int8 grid (its ``WeightBiasQuantization``), which
+    changes the model. PoT weights decode bit for bit; APoT within a float32
+    ulp (``m * fl(alpha / d)`` against ``fl(fl(m / d) * alpha)``).
+    """
+    fractions = []
+    for level in levels.tolist():
+        f = Fraction(level).limit_denominator(1 << 16)  # 1/48, not float32's nearest binary fraction
+        fractions.append(f if np.float32(f.numerator / f.denominator) == np.float32(level) else Fraction(level))
+    d = math.lcm(*(f.denominator for f in fractions))
+    m = [f.numerator * (d // f.denominator) for f in fractions]
+    if d >= 1 << 31 or max(m) >= 1 << 31:
+        return None
+    ints = np.asarray(m, np.int64)
+    if not np.array_equal((ints / d).astype(np.float32), levels.astype(np.float32)):
+        return None
+    for dtype in (np.int8 if signed else np.uint8, np.int32):
+        if ints.max() <= np.iinfo(dtype).max:
+            return ints.astype(dtype), d
+    return None
 
 
 def _search(emit: _Emitter, a: str, t: np.ndarray) -> str:
@@ -239,10 +289,12 @@ def _search(emit: _Emitter, a: str, t: np.ndarray) -> str:
 _RULES = {op_rules.UNIFORM: _lower_uniform, op_rules.LEVELS: _lower_levels}
 
 
-def _fold_transposed_weights(model: onnx.ModelProto, g: Graph) -> None:
+def _fold_transposed_weights(model: onnx.ModelProto, g: Graph) -> dict[str, tuple[str, list[int]]]:
     """``Transpose(DequantizeLinear(codes))`` -> ``DequantizeLinear(codes^T)`` with
-    the axis moved, so a Linear exported as ``MatMul`` keeps int8 weights."""
+    the axis moved, so a Linear exported as ``MatMul`` keeps int8 weights.
+    Returns ``{old output: (new output, perm)}`` for the folded quantizers."""
     prod, users = producers(model.graph), consumers(model.graph)
+    moved = {}
     for node in model.graph.node:
         dq = prod.get(node.input[0]) if node.op_type == "Transpose" else None
         if dq is None or dq.op_type != "DequantizeLinear" or g.const(dq.input[0]) is None:
@@ -260,6 +312,8 @@ def _fold_transposed_weights(model: onnx.ModelProto, g: Graph) -> None:
                                   **new_attrs)
         folded.metadata_props.extend(dq.metadata_props)
         node.CopyFrom(folded)
+        moved[dq.output[0]] = (node.output[0], list(perm))
+    return moved
 
 
 def _param_key(g: Graph, node: onnx.NodeProto) -> tuple:
@@ -286,14 +340,14 @@ def lower(model: onnx.ModelProto) -> dict[int, QuantizerRecord]:
 
     Returns:
         For each quantizer, by ``call_index``: the tensor holding its output,
-        the module that called it and the quantization step of that output.
+        the module that called it and the grid of that output.
     """
     opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
     g = Graph(model.graph)
     nodes, record, alias = [], {}, {}
     kept: dict[tuple, str] = {}  # (input, param key) -> output
     key_of: dict[str, tuple] = {}  # output -> param key
-    step_of: dict[str, Step] = {}
+    grid_of: dict[str, Grid] = {}
     graph_outputs = {o.name for o in model.graph.output}
     for node in model.graph.node:
         if node.domain != op_rules.DOMAIN:
@@ -304,20 +358,21 @@ def lower(model: onnx.ModelProto) -> dict[int, QuantizerRecord]:
         if same is not None:
             alias[out] = same
         else:
-            replacement, step_of[out] = _RULES[node.op_type](g, node, opset)
+            replacement, grid_of[out] = _RULES[node.op_type](g, node, opset)
             nodes.extend(replacement)
             kept[(x, key)], key_of[out] = out, key
         tensor = alias.get(out, out)
-        step, axis = step_of[tensor]
+        grid = grid_of[tensor]
         if out in graph_outputs:  # kept as a graph output (through an Identity when aliased)
             tensor = out
-        record[_attrs(node)["call_index"]] = QuantizerRecord(
-            tensor, module_path(node), np.asarray(step).ravel().tolist(), axis,
-            uniform=node.op_type == op_rules.UNIFORM and not _attrs(node)["group_size"])
+        record[_attrs(node)["call_index"]] = QuantizerRecord(tensor, module_path(node), **grid)
     del model.graph.node[:]
     model.graph.node.extend(nodes)
     _rename_inputs(model, alias)
-    _fold_transposed_weights(model, g)
+    moved = _fold_transposed_weights(model, g)
+    for rec in record.values():  # a transposed weight's quantizer now lives in the folded DequantizeLinear
+        if rec.tensor in moved:
+            rec.tensor, rec.perm = moved[rec.tensor]
     for imp in [o for o in model.opset_import if o.domain == op_rules.DOMAIN]:
         model.opset_import.remove(imp)
     prune(model)

@@ -16,6 +16,9 @@ to float tolerance at the outputs.
 from __future__ import annotations
 
 import os
+import tempfile
+from collections import Counter
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -38,49 +41,93 @@ class VerificationError(Exception):
     """ONNX Runtime's output differs from the PyTorch model's."""
 
 
+# Kernels of ONNX Runtime's optimized CPU graph that compute on integers.
+INT8_KERNELS = ("QLinearConv", "QGemm", "QLinearMatMul", "QLinearAdd", "QLinearMul", "MatMulInteger",
+                "ConvInteger", "MatMulIntegerToFloat", "QLinearGlobalAveragePool", "QLinearAveragePool",
+                "QLinearConcat", "QLinearSigmoid", "QLinearLeakyRelu", "QLinearSoftmax", "QLinearReduceMean")
+# Its float kernels for the layers that a quantized model means to run as integers.
+FLOAT_KERNELS = ("Conv", "FusedConv", "NhwcFusedConv", "Gemm", "FusedGemm", "MatMul", "FusedMatMul")
+
+
+@dataclass
+class VerificationReport:
+    """What :func:`verify_onnx` found, beyond passing.
+
+    ``max_diff`` / ``top1`` compare free-running outputs (no teacher forcing)
+    with graph optimizations off: the exported semantics, drift included.
+    ``optimized_max_diff`` / ``optimized_top1`` do the same with
+    ``ORT_ENABLE_ALL``, what a user runs: ONNX Runtime's int8 rewrites
+    (int32 biases, ``QLinearConv`` requantization, float weights it quantizes
+    itself) change results there (docs/export.md, "What ONNX Runtime does to
+    each scheme"). ``top1`` is the share of positions whose argmax over axis 1
+    agrees (outputs of rank >= 2 with more than one channel; ``None`` without
+    one). ``int8_kernels`` / ``float_kernels`` count the optimized graph's nodes.
+    """
+
+    quantizers: int  # quantizer outputs compared, teacher-forced, as integer codes
+    max_diff: float
+    top1: float | None
+    optimized_max_diff: float
+    optimized_top1: float | None
+    int8_kernels: dict[str, int] = field(default_factory=dict)
+    float_kernels: dict[str, int] = field(default_factory=dict)
+    output_range: float = 0.0  # largest |output| of the PyTorch model, to read the differences against
+
+    def summary(self) -> str:
+        """One line for logs."""
+        def top1(v: float | None) -> str:
+            return "-" if v is None else f"{v:.0%}"
+        kernels = ", ".join(f"{n} {k}" for n, k in sorted(self.int8_kernels.items())) or "none"
+        return (f"{self.quantizers} quantizers agree; free-running max |diff| {self.max_diff:.3g} (top-1 "
+                f"{top1(self.top1)}), with all ONNX Runtime optimizations {self.optimized_max_diff:.3g} (top-1 "
+                f"{top1(self.optimized_top1)}) of outputs up to {self.output_range:.3g}; int8 kernels: {kernels}")
+
+
 # Share of a quantizer's elements that may land one step apart: values that
 # two runtimes put on different sides of a rounding boundary are rare; a wrong
 # zero point or rounding rule moves most elements.
 MAX_FLIPS = 0.01
 
 
-def _fail(what: str, bad: np.ndarray, diff: np.ndarray, ref: np.ndarray, got: np.ndarray, problem: str) -> None:
+def _fail(what: str, bad: np.ndarray, diff: np.ndarray, ref: np.ndarray, got: np.ndarray, problem: str,
+          codes: tuple[np.ndarray, np.ndarray] | None = None) -> None:
     where = np.unravel_index(int(np.argmax(np.where(bad, np.nan_to_num(diff, nan=np.inf), -1))), ref.shape)
+    got_s, ref_s = f"{got[where]:.8g}", f"{ref[where]:.8g}"
+    if codes is not None:
+        got_s, ref_s = f"{got_s} = code {int(codes[0][where])}", f"{ref_s} = code {int(codes[1][where])}"
     raise VerificationError(
         f"{what}: {int(bad.sum())} of {ref.size} elements {problem}; largest difference {diff[where]:.6g} at "
-        f"index {tuple(int(i) for i in where)} (ONNX Runtime {got[where]:.8g}, PyTorch {ref[where]:.8g})")
+        f"index {tuple(int(i) for i in where)} (ONNX Runtime {got_s}, PyTorch {ref_s})")
 
 
 def _compare(what: str, ref: np.ndarray, got: np.ndarray, rec: QuantizerRecord | None) -> None:
-    """Float outputs within RTOL (plus the ulp floor); quantized ones within one
-    step more than that (the float tolerance of the quantizer's input matters
-    once steps get as fine as 16 bits), on the same grid, and rarely a step apart."""
+    """Float outputs within RTOL (plus the ulp floor). Quantized ones in the
+    integer domain, which holds at any scale: ONNX Runtime's values on the
+    quantizer's grid, their codes within one of PyTorch's, and rarely one apart."""
     if ref.shape != got.shape:
         raise VerificationError(f"{what}: shape {list(got.shape)} in ONNX Runtime, {list(ref.shape)} in PyTorch")
     ref64, got64 = ref.astype(np.float64), got.astype(np.float64)
     diff = np.abs(got64 - ref64)
     same_nan = np.isnan(ref64) & np.isnan(got64)
-    tol = RTOL * np.abs(ref64) + ULPS * np.finfo(np.float32).eps * (np.abs(ref64).max() if ref.size else 0)
     if rec is None:
+        tol = RTOL * np.abs(ref64) + ULPS * np.finfo(np.float32).eps * (np.abs(ref64).max() if ref.size else 0)
         bad = ~(diff <= tol) & ~same_nan
         if bad.any():
             _fail(what, bad, diff, ref, got, f"differ by more than {RTOL:g} relative")
         return
-    step = np.asarray(rec.step, np.float64)
-    if rec.axis is not None and step.size > 1:
-        step = step.reshape([step.size if d == rec.axis else 1 for d in range(ref.ndim)])
-    bad = ~(diff <= step + tol) & ~same_nan
+    (got_code, got_on_grid), (ref_code, _) = rec.codes(got64), rec.codes(ref64)
+    codes = (got_code, ref_code)
+    apart = np.where(same_nan, 0, np.abs(got_code - ref_code))
+    bad = (apart > 1) | (np.isnan(ref64) != np.isnan(got64))
     if bad.any():
-        _fail(what, bad, diff, ref, got, "differ by more than one quantization step")
-    steps = np.where(same_nan, 0, diff / step)
-    if rec.uniform:
-        bad = np.abs(steps - np.round(steps)) > 1e-3
-        if bad.any():
-            _fail(what, bad, diff, ref, got, "lie off the PyTorch quantizer's grid (wrong scale?)")
-    flips = steps > 0.5
+        _fail(what, bad, diff, ref, got, "differ by more than one quantization step", codes)
+    bad = ~got_on_grid & ~same_nan
+    if bad.any():
+        _fail(what, bad, diff, ref, got, "lie off the PyTorch quantizer's grid (wrong scale?)", codes)
+    flips = apart > 0
     if flips.sum() > max(1, MAX_FLIPS * ref.size):
         _fail(what, flips, diff, ref, got, f"are one step apart, more than the {MAX_FLIPS:.0%} that rounding "
-              "boundaries explain (wrong zero point or rounding?)")
+              "boundaries explain (wrong zero point or rounding?)", codes)
 
 
 class _TeacherForcing(TorchDispatchMode):
@@ -98,9 +145,10 @@ class _TeacherForcing(TorchDispatchMode):
         self.calls += 1
         if entry is None or entry.tensor not in self.values:
             return out
-        forced = torch.from_numpy(self.values[entry.tensor]).to(device=out.device, dtype=out.dtype)
+        got = entry.from_onnx(self.values[entry.tensor]).copy()  # (C order; ascontiguousarray makes 0-dim 1-dim)
         _compare(f"quantizer of module '{entry.module}' (ONNX tensor '{entry.tensor}')",
-                 out.detach().cpu().numpy(), self.values[entry.tensor], entry)
+                 out.detach().cpu().numpy(), got, entry)
+        forced = torch.from_numpy(got).to(device=out.device, dtype=out.dtype)
         return forced
 
 
@@ -120,17 +168,24 @@ def _with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
     return out
 
 
-def verify_onnx(path: str | os.PathLike, model: nn.Module, example_inputs: torch.Tensor | tuple[Any, ...]) -> None:
+def verify_onnx(path: str | os.PathLike, model: nn.Module,
+                example_inputs: torch.Tensor | tuple[Any, ...]) -> VerificationReport:
     """Runs ``path`` in ONNX Runtime (CPUExecutionProvider) on ``example_inputs``
     and compares it with ``model``, teacher-forced at every quantizer (see the
     module docstring).
 
     A float output must be within ``1e-5`` relative, plus an absolute floor of
     8 float32 ulps of its largest magnitude. Each quantizer's output (and a
-    model output that is one) must be within one quantization step more than
-    that, on the PyTorch quantizer's grid, and a step apart at no more than 1%
-    of the elements. Classifier-shaped outputs (``[batch, classes]``)
-    must agree on the top-1 class.
+    model output that is one) is compared as integer codes (exact at any
+    scale): ONNX Runtime's values on the PyTorch quantizer's grid, each code
+    within one of PyTorch's, and one apart at no more than 1% of the elements.
+    Classifier-shaped outputs (``[batch, classes]``) must agree on the top-1
+    class. This run has graph optimizations off; the model then also runs
+    free (no teacher forcing) with them off and with ``ORT_ENABLE_ALL``, and
+    the agreement is reported, not enforced.
+
+    Returns:
+        a :class:`VerificationReport`.
 
     Raises:
         VerificationError: naming the quantizer or output, the largest
@@ -145,17 +200,14 @@ def verify_onnx(path: str | os.PathLike, model: nn.Module, example_inputs: torch
     record = {k: v for k, v in record.items() if v.tensor in produced}
     names = [o.name for o in proto.graph.output]
     extra = sorted({v.tensor for v in record.values()} - set(names))
+    tensors = [a for a in args if isinstance(a, torch.Tensor)]
     # No graph optimizations: even the basic level rounds a float Conv bias
     # feeding on Q/DQ to int32 (scale = input scale * weight scale), and the
     # extended level fuses DQ -> Conv -> Q into QLinearConv (also with the
     # quantizer outputs exposed); at 4 bits either moves about 1% of a
     # quantizer's elements by a step. Verification checks the exported
-    # semantics; the fused kernels are a deployment matter (docs/export.md).
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    session = ort.InferenceSession(_with_outputs(proto, extra).SerializeToString(), options,
-                                   providers=["CPUExecutionProvider"])
-    tensors = [a for a in args if isinstance(a, torch.Tensor)]
+    # semantics; what the optimizations change is reported below.
+    session = _session(_with_outputs(proto, extra).SerializeToString(), ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
     feeds = {i.name: t.detach().cpu().numpy() for i, t in zip(session.get_inputs(), tensors)}
     values = dict(zip(names + extra, session.run(names + extra, feeds)))
     with torch.no_grad(), _TeacherForcing(record, values):
@@ -169,3 +221,39 @@ def verify_onnx(path: str | os.PathLike, model: nn.Module, example_inputs: torch
         if r.ndim == 2 and r.shape[1] > 1 and not np.array_equal(r.argmax(1), got.argmax(1)):
             rows = np.nonzero(r.argmax(1) != got.argmax(1))[0]
             raise VerificationError(f"output '{name}': top-1 class differs in rows {rows.tolist()}")
+
+    with torch.no_grad():
+        free = [r.detach().cpu().numpy() for r in torch.utils._pytree.tree_leaves(model(*args))]
+    plain = [values[n] for n in names]  # ONNX Runtime ran free; only PyTorch was teacher-forced
+    with tempfile.TemporaryDirectory(prefix="quantext_ort_") as folder:
+        optimized_path = os.path.join(folder, "optimized.onnx")
+        optimized = _session(proto.SerializeToString(), ort.GraphOptimizationLevel.ORT_ENABLE_ALL, optimized_path)
+        ops = Counter(n.op_type for n in onnx.load(optimized_path, load_external_data=False).graph.node)
+    fast = optimized.run(names, feeds)
+    return VerificationReport(
+        quantizers=len(record), max_diff=_max_diff(free, plain), top1=_top1(free, plain),
+        optimized_max_diff=_max_diff(free, fast), optimized_top1=_top1(free, fast),
+        int8_kernels={k: ops[k] for k in INT8_KERNELS if ops[k]},
+        float_kernels={k: ops[k] for k in FLOAT_KERNELS if ops[k]},
+        output_range=max((float(np.abs(r).max()) for r in free if r.size), default=0.0))
+
+
+def _session(model: bytes, level: Any, optimized_path: str | None = None) -> Any:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = level
+    options.log_severity_level = 3  # (saving an ORT_ENABLE_ALL graph warns that it is machine-specific)
+    if optimized_path:
+        options.optimized_model_filepath = optimized_path
+    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+
+
+def _max_diff(ref: list[np.ndarray], got: list[np.ndarray]) -> float:
+    diffs = [np.abs(r.astype(np.float64) - g.astype(np.float64)).max() for r, g in zip(ref, got) if r.size]
+    return float(max(diffs, default=0.0))
+
+
+def _top1(ref: list[np.ndarray], got: list[np.ndarray]) -> float | None:
+    agree = [r.argmax(1) == g.argmax(1) for r, g in zip(ref, got) if r.ndim >= 2 and r.shape[1] > 1]
+    return float(np.concatenate([a.ravel() for a in agree]).mean()) if agree else None
