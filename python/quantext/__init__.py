@@ -17,8 +17,8 @@ from .calibration import HistogramObserver, aciq_ratio, compute_clip, histogram,
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .convert import convert
 from .functional import fake_quant_uniform, set_value_checks, uniform_bounds
-from .model_calibration import calibrate
-from .prepare import prepare_qat
+from .model_calibration import CalibrationReport, calibrate, calibration_report
+from .prepare import Coverage, coverage, prepare_qat
 from .qat import disable_quant, enable_quant, freeze_bn, quantizers
 from .schemes import apot_decode_table, dequantize, fake_quant, levels, quantize
 from .spec import QConfig, QuantSpec
@@ -42,7 +42,7 @@ def __dir__() -> list[str]:
 
 __all__ = ["ops", "fake_quant_uniform", "uniform_bounds", "set_value_checks", "__version__"]
 __all__ += ["nn", "QuantSpec", "QConfig", "prepare_qat", "calibrate", "freeze_bn", "convert", "enable_quant",
-            "disable_quant", "quantizers"]
+            "disable_quant", "quantizers", "coverage", "Coverage", "calibration_report", "CalibrationReport"]
 __all__ += ["export", "export_onnx"]
 __all__ += ["calibration", "histogram", "magnitude_histogram", "compute_clip", "aciq_ratio", "HistogramObserver"]
 __all__ += ["fake_quant", "quantize", "dequantize", "levels", "apot_decode_table"]

@@ -12,6 +12,26 @@ recognizable (``layer1.0.conv1.weight``, ``layer1.0.conv1.bn.running_mean``).
 When tracing fails, a module walk replaces Conv2d+BatchNorm2d(+ReLU) runs inside
 ``nn.Sequential`` containers and every other Conv2d/Linear, and warns: it cannot
 see functional adds, so no add quantizers are inserted.
+
+Attention: ``nn.MultiheadAttention`` and torchvision's Swin
+``ShiftedWindowAttention`` become :class:`~quantext.nn.QuantMultiheadAttention` /
+``QuantShiftedWindowAttention`` (every projection a QuantLinear) before tracing;
+inside modules that fx does not trace into (``nn.TransformerEncoder`` and its
+layers are torch.nn modules, hence leaves), Conv2d/Linear layers are swapped by
+the module walk.
+
+Training mode: fx records ``self.training`` as a constant (torchvision's
+``stochastic_depth(x, p, mode, self.training)``, ``F.dropout(x, training=
+self.training)``). The model is traced a second time with every module's
+training flag flipped; each traced bool that flips with it is replaced by a
+lookup of the calling module's ``training`` flag, so ``eval()`` stops dropping.
+When the two traces differ otherwise (``if self.training:`` in Python), the
+prepared model keeps the path it was traced in, and a warning names where.
+
+Coverage: :func:`coverage` reports which Conv/Linear/attention/embedding
+weights the prepared model quantizes and which it leaves in float, and why;
+``prepare_qat`` warns once when some are left in float that were not asked for
+(``skip``, ``first_last_bits="float"``, ``qconfig.weight=None``).
 """
 
 from __future__ import annotations
@@ -20,6 +40,7 @@ import copy
 import dataclasses
 import itertools
 import operator
+import sys
 import warnings
 from typing import Any, Callable, Iterable
 
@@ -29,10 +50,13 @@ import torch.nn.functional as F
 from torch import nn
 from torch.fx.passes.shape_prop import ShapeProp
 
-from .nn import Quantizer, QuantConv2d, QuantConvBn2d, QuantConvBnReLU2d, QuantLinear
+from .nn import (QuantConv2d, QuantConvBn2d, QuantConvBnReLU2d, QuantLinear, QuantMultiheadAttention, Quantizer,
+                 QuantShiftedWindowAttention)
 from .spec import QConfig, QuantSpec
 
-_QAT_MODULES = (Quantizer, QuantConv2d, QuantLinear, QuantConvBn2d)
+_QAT_MODULES = (Quantizer, QuantConv2d, QuantLinear, QuantConvBn2d, QuantMultiheadAttention,
+                QuantShiftedWindowAttention)
+_QAT_LAYERS = (QuantConv2d, QuantLinear, QuantConvBn2d)
 _ADD_TARGETS = (operator.add, operator.iadd, torch.add)
 _RELU_FUNCTIONS = (F.relu, torch.relu)
 
@@ -97,22 +121,143 @@ def prepare_qat(model: nn.Module, qconfig: QConfig, example_inputs: tuple | torc
     if not inplace:
         model = copy.deepcopy(model)
     options = {"freeze_bn_after": freeze_bn_after, "bn_stats": bn_stats}
+    notes: dict[str, str] = {}  # layers left in float on request, with the reason
+    model = _swap_attention(model, qconfig, skipped)
+    holders = list(_weight_holders(model))  # before the swaps: fx drops modules that are never called
     try:
-        graph = _Tracer(skipped).trace(model)
+        graph = _trace(model, skipped)
     except Exception as exc:  # noqa: BLE001 (any tracing failure falls back)
         warnings.warn(f"prepare_qat: torch.fx could not trace {type(model).__name__} ({type(exc).__name__}: {exc}); "
                       "falling back to module swapping: Conv2d+BatchNorm2d(+ReLU) runs inside nn.Sequential are "
                       "fused, other Conv2d/Linear layers quantized, but no quantizers are inserted on residual adds",
                       stacklevel=2)
-        prepared = _prepare_modules(model, qconfig, skipped, first_last_bits, options)
+        prepared = _prepare_modules(model, qconfig, skipped, first_last_bits, options, notes)
     else:
         prepared = _prepare_graph(fx.GraphModule(model, graph, type(model).__name__), qconfig, skipped,
-                                  first_last_bits, example_inputs, options)
+                                  first_last_bits, example_inputs, options, notes)
+        _prepare_leaves(prepared, qconfig, skipped, options)
+    _keep_transformers_off_fast_paths(prepared)
     name_quantizers(prepared)
+    report = _coverage(prepared, holders, skipped, notes)
+    _coverage_store(prepared)[_COVERAGE_KEY] = report
     if not any(isinstance(m, _QAT_MODULES) for m in prepared.modules()):
         warnings.warn(f"prepare_qat: nothing in {type(model).__name__} was quantized (no Conv2d/Linear submodule "
                       "outside `skip`, and no residual add)", stacklevel=2)
+    elif report.unexpected:
+        shown = "; ".join(f"'{p}' ({r})" for p, r in list(report.unexpected.items())[:4])
+        more = f" and {len(report.unexpected) - 4} more" if len(report.unexpected) > 4 else ""
+        warnings.warn(f"prepare_qat: {len(report.unexpected)} of {report.total} Conv/Linear/attention/embedding "
+                      f"weights of {type(model).__name__} stay in float: {shown}{more}; print(qx.coverage(model)) "
+                      "lists them all", stacklevel=2)
     return prepared
+
+
+@dataclasses.dataclass
+class Coverage:
+    """Which weights of a prepared model are fake-quantized (see :func:`coverage`).
+
+    Attributes:
+        quantized: qualified names of the layers whose weight is quantized.
+        in_float: qualified name -> reason, for every Conv/Linear/attention/embedding
+            weight left in float.
+        requested: the names in ``in_float`` that were left in float on request
+            (``skip``, ``first_last_bits="float"``, ``qconfig.weight=None``).
+    """
+
+    quantized: list[str]
+    in_float: dict[str, str]
+    requested: frozenset[str] = frozenset()
+
+    @property
+    def total(self) -> int:
+        """Number of weight-holding layers seen."""
+        return len(self.quantized) + len(self.in_float)
+
+    @property
+    def unexpected(self) -> dict[str, str]:
+        """The float entries nobody asked for."""
+        return {p: r for p, r in self.in_float.items() if p not in self.requested}
+
+    def __str__(self) -> str:
+        lines = [f"{len(self.quantized)} of {self.total} weights quantized"]
+        lines += [f"  float  {path or '<model>'}: {reason}" for path, reason in self.in_float.items()]
+        return "\n".join(lines)
+
+
+def coverage(model: nn.Module) -> Coverage:
+    """The :class:`Coverage` that :func:`prepare_qat` recorded for ``model`` (also
+    carried by ``qx.convert(model)`` and by copies): every Conv/Linear layer, attention
+    projection and embedding table, quantized or left in float with the reason."""
+    report = _coverage_store(model).get(_COVERAGE_KEY) if isinstance(model, nn.Module) else None
+    if not isinstance(report, Coverage):
+        raise ValueError(f"coverage: {type(model).__name__} was not made by qx.prepare_qat (no coverage recorded)")
+    return report
+
+
+_COVERAGE_KEY = "quantext_coverage"
+
+
+def _coverage_store(model: nn.Module) -> dict:
+    """Where the report lives: a GraphModule's ``meta`` (its deepcopy keeps only
+    that of its plain attributes), else the module's ``__dict__``."""
+    return model.meta if isinstance(model, fx.GraphModule) else model.__dict__
+
+
+_REQUESTED = ("in `skip`", "first_last_bits='float'", "qconfig.weight is None")
+
+
+def _float_reason(module: nn.Module) -> str | None:
+    """Why a weight-holding module of this type stays in float (``None``: it would be quantized)."""
+    if isinstance(module, (nn.Embedding, nn.EmbeddingBag)):
+        return "embedding tables are looked up, not multiplied: quantext does not quantize them"
+    if isinstance(module, nn.MultiheadAttention):  # the exact class is swapped unless skipped
+        return f"no QAT module for {type(module).__name__} (only nn.MultiheadAttention itself)"
+    if type(module) in (nn.Conv2d, nn.Linear):
+        return None
+    if isinstance(module, (nn.modules.conv._ConvNd, nn.Linear)):
+        return f"no QAT module for {type(module).__name__} (only nn.Conv2d and nn.Linear themselves)"
+    return None
+
+
+def _weight_holders(model: nn.Module) -> Iterable[tuple[str, nn.Module]]:
+    """Conv/Linear/attention/embedding modules, outermost first, not descending into
+    quantext layers or into an unswapped nn.MultiheadAttention (one entry for it)."""
+    stop: list[str] = []
+    for path, module in model.named_modules():
+        if any(path.startswith(p + ".") for p in stop):
+            continue
+        if isinstance(module, (nn.modules.conv._ConvNd, nn.Linear, nn.Embedding, nn.EmbeddingBag,
+                               nn.MultiheadAttention)):
+            stop.append(path)
+            yield path, module
+
+
+def _coverage(model: nn.Module, holders: list[tuple[str, nn.Module]], skipped, notes: dict[str, str]) -> Coverage:
+    """Coverage of the prepared ``model`` over the weight holders of the float one."""
+    quantized, left, requested = [], {}, set()
+    for path, original in holders:
+        try:
+            module = model.get_submodule(path)
+        except AttributeError:
+            module = None
+        if isinstance(module, _QAT_LAYERS):
+            if module.weight_quantizer is not None:
+                quantized.append(path)
+                continue
+            reason = "qconfig.weight is None"
+        elif skipped(path, original):
+            reason = "in `skip`"
+        elif path in notes:
+            reason = notes[path]
+        elif module is not original:  # fx kept only the parameters that a function reads
+            reason = ("never called as a module (its weight is used directly by a function, as in torchvision's "
+                      "Swin V2 attention): no place for its quantizers")
+        else:
+            reason = _float_reason(original) or "not reached by prepare_qat"
+        left[path] = reason
+        if reason in _REQUESTED:
+            requested.add(path)
+    return Coverage(quantized, left, frozenset(requested))
 
 
 def name_quantizers(model: nn.Module) -> None:
@@ -196,9 +341,166 @@ class _Tracer(fx.Tracer):
                 or super().is_leaf_module(m, module_qualified_name))
 
 
+# --------------------------------------------------------------------- training flags
+class _ModeFlag:
+    """A traced bool that flipped with the modules' training flags (its value in the kept trace)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: bool) -> None:
+        self.value = value
+
+
+_DIFFERENT = object()  # the two traces differ in something other than a training flag
+
+
+def _trace(model: nn.Module, skipped) -> fx.Graph:
+    """Traces ``model`` in its current modes, then with every training flag flipped,
+    and binds the bools that flip to the modules' flags (see the module docstring)."""
+    graph = _Tracer(skipped).trace(model)
+    modes = {m: m.training for m in model.modules()}
+    attributes = set(vars(model))  # the tracer stores tensor constants on the root as _tensor_constant<i>
+    try:
+        for m, mode in modes.items():
+            m.training = not mode
+        flipped = _Tracer(skipped).trace(model)
+    except Exception:  # noqa: BLE001 (a forward that only traces in one mode: the graphs differ)
+        flipped = None
+    finally:
+        for m, mode in modes.items():
+            m.training = mode
+    _bind_training_flags(model, graph, flipped)
+    for name in set(vars(model)) - attributes:  # the flipped trace's constants
+        delattr(model, name)
+    return graph
+
+
+def _same_node(model: nn.Module, a: fx.Node, b: fx.Node) -> bool:
+    """``a`` and ``b`` do the same (two traces name their tensor constants apart)."""
+    if a.op != b.op:
+        return False
+    if a.target == b.target:
+        return True
+    if a.op != "get_attr" or not (a.target.startswith("_tensor_constant") and b.target.startswith("_tensor_constant")):
+        return False
+    x, y = getattr(model, a.target, None), getattr(model, b.target, None)
+    return isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor) and x.dtype == y.dtype and \
+        x.shape == y.shape and bool(torch.equal(x, y))
+
+
+def _mark_flips(a: Any, b: Any, pos_a: dict, pos_b: dict) -> Any:
+    """``a`` (an argument of the kept trace) with each bool that differs in ``b`` (the
+    flipped trace) replaced by a :class:`_ModeFlag`; ``_DIFFERENT`` on any other difference."""
+    if isinstance(a, fx.Node) or isinstance(b, fx.Node):
+        same = isinstance(a, fx.Node) and isinstance(b, fx.Node) and pos_a[a] == pos_b[b]
+        return a if same else _DIFFERENT
+    if isinstance(a, bool) and isinstance(b, bool):
+        return a if a == b else _ModeFlag(a)
+    if isinstance(a, (tuple, list)):
+        if not isinstance(b, (tuple, list)) or len(a) != len(b):
+            return _DIFFERENT
+        items = [_mark_flips(x, y, pos_a, pos_b) for x, y in zip(a, b)]
+        return _DIFFERENT if any(i is _DIFFERENT for i in items) else type(a)(items)
+    if isinstance(a, dict):
+        if not isinstance(b, dict) or a.keys() != b.keys():
+            return _DIFFERENT
+        items = {k: _mark_flips(a[k], b[k], pos_a, pos_b) for k in a}
+        return _DIFFERENT if any(i is _DIFFERENT for i in items.values()) else items
+    try:
+        same = type(a) is type(b) and bool(a == b or (a != a and b != b))  # NaN constants match
+    except Exception:  # noqa: BLE001 (values without a usable ==)
+        same = a is b
+    return a if same else _DIFFERENT
+
+
+def _bind_training_flags(model: nn.Module, graph: fx.Graph, flipped: fx.Graph | None) -> None:
+    nodes, twins = list(graph.nodes), list(flipped.nodes) if flipped is not None else []
+    pos_a, pos_b = {n: i for i, n in enumerate(nodes)}, {n: i for i, n in enumerate(twins)}
+    for i, node in enumerate(nodes):
+        twin = twins[i] if i < len(twins) else None
+        marked = _DIFFERENT
+        if twin is not None and _same_node(model, node, twin):
+            marked = _mark_flips((node.args, node.kwargs), (twin.args, twin.kwargs), pos_a, pos_b)
+        if marked is _DIFFERENT:
+            _warn_mode_dependent(model, node)
+            return
+        flags: dict[bool, fx.Node] = {}
+
+        def bind(value: Any) -> Any:
+            if isinstance(value, _ModeFlag):
+                if value.value not in flags:
+                    scope = _scope(node)
+                    with graph.inserting_before(node):
+                        flag = graph.get_attr(f"{scope}.training" if scope else "training")
+                        same = value.value == model.get_submodule(scope).training
+                        flags[value.value] = flag if same else graph.call_function(operator.not_, (flag,))
+                return flags[value.value]
+            if isinstance(value, (tuple, list)):
+                return type(value)(bind(v) for v in value)
+            if isinstance(value, dict):
+                return {k: bind(v) for k, v in value.items()}
+            return value
+
+        node.args, node.kwargs = bind(marked[0]), bind(marked[1])
+
+
+def _warn_mode_dependent(model: nn.Module, node: fx.Node) -> None:
+    scope = _scope(node)
+    where = f"in '{scope}'" if scope else f"in {type(model).__name__}.forward"
+    mode = "training" if model.training else "eval"
+    warnings.warn(f"prepare_qat: the forward of {type(model).__name__} takes another path in training than in eval "
+                  f"mode (Python control flow on `self.training`, first {where}, near '{node.name}'); the prepared "
+                  f"model always takes the {mode}-mode path it was traced in. Prepare the model in the mode it will "
+                  "run in, or skip that module.", stacklevel=4)
+
+
+# --------------------------------------------------------------------- attention and leaves
+def _attention_swaps() -> dict[type, Callable[[nn.Module, QConfig], nn.Module]]:
+    """Attention modules replaced by their QAT forms. torchvision's Swin attention only
+    when torchvision's Swin module is loaded (a model holding one has loaded it)."""
+    swaps: dict[type, Callable] = {nn.MultiheadAttention: QuantMultiheadAttention.from_float}
+    swin = sys.modules.get("torchvision.models.swin_transformer")
+    if swin is not None and hasattr(swin, "ShiftedWindowAttention"):
+        swaps[swin.ShiftedWindowAttention] = QuantShiftedWindowAttention.from_float
+    return swaps
+
+
+def _swap_attention(model: nn.Module, qconfig: QConfig, skipped) -> nn.Module:
+    """Replaces every (exact-type) attention module of :func:`_attention_swaps` outside
+    ``skip``; returns the model (a new root when the model itself is one)."""
+    swaps = _attention_swaps()
+    if type(model) in swaps and not skipped("", model):
+        return swaps[type(model)](model, qconfig)
+    for path, module in list(model.named_modules()):
+        if path and type(module) in swaps and not skipped(path, module):
+            set_module(model, path, swaps[type(module)](module, qconfig))
+    return model
+
+
+def _prepare_leaves(gm: fx.GraphModule, qconfig: QConfig, skipped, options: dict[str, Any]) -> None:
+    """Swaps the Conv2d/Linear layers inside modules that fx kept whole (torch.nn
+    containers such as ``nn.TransformerEncoderLayer``) by the module walk."""
+    for target in sorted({n.target for n in gm.graph.nodes if n.op == "call_module"}):
+        leaf = gm.get_submodule(target)
+        if isinstance(leaf, _QAT_MODULES) or skipped(target, leaf) or not any(
+                _quantizable(m) for _, m in leaf.named_modules() if m is not leaf):
+            continue
+        _prepare_modules(leaf, qconfig, lambda path, m, t=target: skipped(f"{t}.{path}", m), None, options, {})
+
+
+def _keep_transformers_off_fast_paths(model: nn.Module) -> None:
+    """``nn.TransformerEncoder`` re-packs its input as a nested tensor in eval mode and
+    runs its layers' fused kernels on the float weights; with quantized layers inside,
+    turn that off (the layers' own fast path is off already: see QuantMultiheadAttention)."""
+    for module in model.modules():
+        if isinstance(module, nn.TransformerEncoder) and any(
+                isinstance(m, (QuantLinear, QuantMultiheadAttention)) for m in module.modules()):
+            module.use_nested_tensor = False
+
+
 # --------------------------------------------------------------------- fx path
 def _prepare_graph(gm: fx.GraphModule, qconfig: QConfig, skipped, first_last_bits, example_inputs,
-                   options: dict[str, Any]) -> fx.GraphModule:
+                   options: dict[str, Any], notes: dict[str, str]) -> fx.GraphModule:
     modules = dict(gm.named_modules())
     calls: dict[str, int] = {}
     for node in gm.graph.nodes:
@@ -227,6 +529,7 @@ def _prepare_graph(gm: fx.GraphModule, qconfig: QConfig, skipped, first_last_bit
     for node in layer_nodes:
         layer_config = config_for(node.target)
         if layer_config is None:
+            notes[node.target] = "first_last_bits='float'"
             continue
         conv = modules[node.target]
         if calls[node.target] > 1:
@@ -273,9 +576,13 @@ def _is_relu(node: fx.Node, module: nn.Module | None) -> bool:
 
 @torch.no_grad()
 def _propagate_shapes(gm: fx.GraphModule, example_inputs: tuple) -> None:
-    """Records each node's tensor metadata (eval mode, so BN statistics stay untouched)."""
+    """Records each node's tensor metadata (eval mode, so BN statistics stay untouched;
+    the quantizers of already-swapped attention modules off, so nothing is observed)."""
     modes = {m: m.training for m in gm.modules()}
+    flags = [(q, q.enabled, q.observing) for q in gm.modules() if isinstance(q, Quantizer)]
     gm.eval()
+    for q, _, _ in flags:
+        q.disable().observe(False)
     try:
         ShapeProp(gm).propagate(*example_inputs)
     except Exception as err:  # noqa: BLE001 (ShapeProp wraps the cause: report the cause itself)
@@ -292,6 +599,8 @@ def _propagate_shapes(gm: fx.GraphModule, example_inputs: tuple) -> None:
     finally:
         for m, mode in modes.items():
             m.training = mode
+        for q, enabled, observing in flags:
+            (q.enable() if enabled else q.disable()).observe(observing)
 
 
 def _is_float_tensor(node: fx.Node) -> bool:
@@ -338,7 +647,7 @@ def _quantize_adds(gm: fx.GraphModule, spec: QuantSpec, shapes_known: bool) -> N
 
 # --------------------------------------------------------------------- module walk
 def _prepare_modules(model: nn.Module, qconfig: QConfig, skipped, first_last_bits,
-                     options: dict[str, Any]) -> nn.Module:
+                     options: dict[str, Any], notes: dict[str, str]) -> nn.Module:
     """Fallback: replaces modules by walking the module tree (registration order)."""
     named = dict(model.named_modules())
     layers = [name for name, m in named.items() if _quantizable(m) and not skipped(name, m)]
@@ -363,7 +672,9 @@ def _prepare_modules(model: nn.Module, qconfig: QConfig, skipped, first_last_bit
             replacements[path] = cls.from_float(nn.Sequential(*fused), config_for(path), **options)
             replacements.update({p: nn.Identity() for p in (bn_path, relu_path) if p})
     for path in layers:
-        if path not in replacements and config_for(path) is not None:
+        if config_for(path) is None:
+            notes[path] = "first_last_bits='float'"
+        elif path not in replacements:
             replacements[path] = _quant_layer(named[path], config_for(path))
     for path, module in replacements.items():
         set_module(model, path, module)

@@ -34,7 +34,10 @@ def disable_quant(model: nn.Module) -> nn.Module:
 
 def freeze_bn(model: nn.Module) -> nn.Module:
     """Freezes the BN statistics of every BN-folded module (running statistics only
-    from now on: the forward pass is the graph ``convert`` produces)."""
+    from now on: the forward pass is the graph ``convert`` produces). A BatchNorm
+    that follows no convolution stays an ``nn.BatchNorm*d``: it uses batch
+    statistics in training mode and its running ones in eval mode, where it equals
+    the :class:`~quantext.nn.ChannelAffine` that ``convert`` makes of it."""
     for module in model.modules():
         if isinstance(module, QuantConvBn2d):
             module.freeze_bn()

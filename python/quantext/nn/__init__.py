@@ -6,12 +6,18 @@ Structure the exporter and ``quantext.convert`` rely on:
   ``.weight_quantizer`` and ``.input_quantizer`` (a :class:`Quantizer` or ``None``);
 - :class:`QuantConvBn2d` / :class:`QuantConvBnReLU2d`: the same plus ``.bn``;
   ``.fold()`` returns the inference form (a ``QuantConv2d``, followed by ReLU);
-- standalone :class:`Quantizer` modules quantize the inputs of residual adds.
+- standalone :class:`Quantizer` modules quantize the inputs of residual adds;
+- :class:`QuantMultiheadAttention` / :class:`QuantShiftedWindowAttention`: attention
+  whose projections are :class:`QuantLinear` children;
+- :class:`ChannelAffine`: a BatchNorm that follows no convolution, after convert.
 """
 
+from .affine import ChannelAffine
+from .attention import QuantMultiheadAttention, QuantShiftedWindowAttention
 from .conv_bn import QuantConvBn2d, QuantConvBnReLU2d
 from .layers import QuantConv2d, QuantLinear
 from .quantizer import MIN_SCALE, Quantizer, param_shape, qparams_from_range
 
 __all__ = ["Quantizer", "QuantConv2d", "QuantLinear", "QuantConvBn2d", "QuantConvBnReLU2d", "MIN_SCALE",
-           "param_shape", "qparams_from_range"]
+           "param_shape", "qparams_from_range", "QuantMultiheadAttention", "QuantShiftedWindowAttention",
+           "ChannelAffine"]

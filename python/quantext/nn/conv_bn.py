@@ -6,7 +6,7 @@ updates), an optional conv bias ``b`` and a real ``nn.BatchNorm2d`` ``bn``
 every forward fake-quantizes the weight folded with the *running* statistics,
 ``w_f = W * gamma / sigma_run``, so the quantized weight moves slowly:
 
-- training, before freezing (``bn_stats="exact"``, Krishnamoorthi 2018 /
+- training, before freezing (``bn_stats="exact"``, the default, Krishnamoorthi 2018 /
   TensorFlow's ``fold_batch_norms``)::
 
       out = conv(x, FQ(w_f)) * (sigma_run / sigma_B) + (beta - gamma * mu_B' / sigma_B)
@@ -18,7 +18,9 @@ every forward fake-quantizes the weight folded with the *running* statistics,
   ``num_batches_tracked``, as ``nn.BatchNorm2d`` does), so ``w_f`` folds the
   latest statistics. Cost: one extra float convolution per forward (roughly
   1.5x the convolution work of an unquantized conv+BN in forward and backward).
-- ``bn_stats="approx"``: ``torch.ao.nn.intrinsic.qat.ConvBn2d``'s one-convolution
+- ``bn_stats="approx"`` (half the step time, same accuracy, but wrong
+  gradients under inductor for now: docs/bn_folding.md):
+  ``torch.ao.nn.intrinsic.qat.ConvBn2d``'s one-convolution
   approximation, ``bn(conv(x, FQ(w_f)) / (gamma / sigma_run) + b)`` in training
   mode, i.e. the batch statistics of the *quantized* convolution scaled back.
   A channel with ``gamma = 0`` would make that ``0/0``; it is folded with
@@ -67,6 +69,7 @@ from torch import nn
 
 from ..spec import QConfig
 from ._mirrored import MirroredStateMixin
+from .affine import check_bn_statistics, check_finite, safe_bn_factor, safe_std
 from .layers import QuantConv2d, attach_quantizers, layer_bias, quantize_or_identity
 
 BN_STATS = ("exact", "approx")
@@ -168,16 +171,19 @@ class QuantConvBn2d(MirroredStateMixin, nn.Conv2d):
         return self.freeze_bn_after is not None and not self._get_mirrored("bn_frozen")
 
     def _running_std(self) -> torch.Tensor:
-        return torch.sqrt(self.bn.running_var + self.bn.eps)
+        return safe_std(self.bn.running_var + self.bn.eps)
 
     def folded_weight(self) -> torch.Tensor:
-        """``w_f = W * gamma / sigma_run`` (before fake quantization)."""
-        return self.weight * (self.bn.weight / self._running_std()).reshape(-1, 1, 1, 1)
+        """``w_f = W * gamma / sigma_run`` (before fake quantization; 0 for a channel
+        with ``sigma_run = 0``, see :func:`~quantext.nn.affine.safe_bn_factor`)."""
+        return self.weight * safe_bn_factor(self.bn.weight, self._running_std()).reshape(-1, 1, 1, 1)
 
     def _fused_bias(self, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-        """``beta - gamma * (mean - b) / std``: ``mean`` is that of conv(x, W) + b."""
+        """``beta - (mean - b) * (gamma / std)``: ``mean`` is that of conv(x, W) + b.
+        The factor is formed first, so a huge mean times gamma does not overflow
+        on its way to a representable bias."""
         centered = mean if self.bias is None else mean - self.bias
-        return self.bn.bias - self.bn.weight * centered / std
+        return self.bn.bias - centered * safe_bn_factor(self.bn.weight, std)
 
     def folded_bias(self) -> torch.Tensor:
         """Bias of the folded inference convolution, from the running statistics."""
@@ -246,7 +252,7 @@ class QuantConvBn2d(MirroredStateMixin, nn.Conv2d):
         if self.bias is not None:
             mean = mean + self.bias  # the statistics BatchNorm sees after the biased conv
         self._update_running(mean, var * (n / (n - 1)), self._count_step(active), active)
-        std = torch.sqrt(var + self.bn.eps)
+        std = safe_std(var + self.bn.eps)
         running_std = self._running_std()
         if active is not None:
             # Past freeze_bn_after the same graph computes the frozen forward: with the running
@@ -255,7 +261,9 @@ class QuantConvBn2d(MirroredStateMixin, nn.Conv2d):
             std = torch.where(active, std, running_std)
         w = quantize_or_identity(self.weight_quantizer, self.folded_weight())
         out = self._conv_forward(x, w, None)
-        return torch.addcmul(_per_channel(self._fused_bias(mean, std)), out, _per_channel(running_std / std))
+        # running_std / std, 0 for a channel that is constant in the batch with eps = 0 (BN's limit: beta)
+        correction = safe_bn_factor(running_std, std)
+        return torch.addcmul(_per_channel(self._fused_bias(mean, std)), out, _per_channel(correction))
 
     def _forward_approx(self, x: torch.Tensor, active: torch.Tensor | None) -> torch.Tensor:
         bn = self.bn
@@ -284,14 +292,20 @@ class QuantConvBn2d(MirroredStateMixin, nn.Conv2d):
 
     # ------------------------------------------------------------- convert
     @torch.no_grad()
-    def fold(self) -> nn.Module:
+    def fold(self, name: str = "") -> nn.Module:
         """Inference form: a :class:`QuantConv2d` holding ``w_f`` and the folded bias,
-        sharing this module's quantizers (its output equals the frozen forward)."""
+        sharing this module's quantizers (its output equals the frozen forward).
+        Raises ``ValueError`` (naming ``name``) for running statistics that are not
+        finite or a fold that overflows, rather than return NaN or inf weights."""
+        name = name or type(self).__name__
+        check_bn_statistics(self.bn, name)
+        weight, bias = self.folded_weight(), self.folded_bias()
+        check_finite({"weight": weight, "bias": bias}, name)
         conv = QuantConv2d(self.in_channels, self.out_channels, self.kernel_size, self.stride, self.padding,
                            self.dilation, self.groups, True, self.padding_mode, qconfig=self.qconfig,
                            device=self.weight.device, dtype=self.weight.dtype)
-        conv.weight = nn.Parameter(self.folded_weight().clone())
-        conv.bias = nn.Parameter(self.folded_bias().clone())
+        conv.weight = nn.Parameter(weight.clone())
+        conv.bias = nn.Parameter(bias.clone())
         conv.weight_quantizer, conv.input_quantizer = self.weight_quantizer, self.input_quantizer
         return conv.train(self.training)
 
@@ -307,6 +321,6 @@ class QuantConvBnReLU2d(QuantConvBn2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.relu(super().forward(x))
 
-    def fold(self) -> nn.Module:
+    def fold(self, name: str = "") -> nn.Module:
         """``nn.Sequential(conv=QuantConv2d(folded), relu=nn.ReLU())``."""
-        return nn.Sequential(OrderedDict(conv=super().fold(), relu=nn.ReLU()))
+        return nn.Sequential(OrderedDict(conv=super().fold(name), relu=nn.ReLU()))
