@@ -103,7 +103,8 @@ def axis_layout_rows(n: int, device: str) -> list[list[object]]:
         x = x.detach().requires_grad_()
         s = sc.clone().requires_grad_(learned)
         z = zc.clone().requires_grad_(learned)
-        return lambda: qx.fake_quant_uniform(x, s, z, -128, 127, axis=0).backward(g)
+        dy = torch.empty_like(x).copy_(g)  # laid out like x, as a channels_last network's gradients are
+        return lambda: qx.fake_quant_uniform(x, s, z, -128, 127, axis=0).backward(dy)
 
     ops = [("per-channel fwd", lambda x: lambda: qx.fake_quant_uniform(x, sc, zc, -128, 127, axis=0)),
            ("per-channel fwd+bwd", lambda x: step(x, False)),
