@@ -35,9 +35,9 @@ extern KernelStub<UniformCodesKernel> dequantize_uniform_kernel;
 extern KernelStub<LevelCodesKernel> quantize_levels_kernel;
 extern KernelStub<LevelCodesKernel> dequantize_levels_kernel;
 
-// The dtype dispatch of the code kernels on every backend. Quantize:
-// fn(in_t{}, code_t{}, param_t{}) with x's compute type acc_type<in_t>;
-// dequantize: fn(code_t{}, param_t{}), computed in param_t.
+// The dtype dispatch of the quantize kernels on every backend:
+// fn(in_t{}, code_t{}, param_t{}), computed in acc_type<in_t> (the dequantize
+// kernels use dispatch_codes of ops/dispatch.h).
 template <typename Fn>
 void dispatch_quantize(const at::Tensor& x, const at::Tensor& param, const at::Tensor& codes, const Fn& fn) {
   dispatch_types(x, param, [&](auto x_tag, auto p_tag) {
