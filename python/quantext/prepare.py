@@ -289,12 +289,13 @@ def _layer_qconfig(qconfig: QConfig, bits: int, first: bool) -> QConfig:
     def uniform(spec: QuantSpec | None, weight: bool) -> QuantSpec | None:
         if spec is None or spec.scheme == "uniform":
             return spec if spec is None else spec.replace(bits=bits)
-        return QuantSpec(bits=bits, signed=spec.signed, narrow_range=weight and spec.signed,
-                         granularity=spec.granularity, axis=spec.axis, learnable=spec.learnable,
-                         calibration=spec.calibration)
+        # Every field uniform shares (calibration, percentile, sign_from_data, ...) is kept.
+        return spec.replace(scheme="uniform", bits=bits, k=2, rounding="nearest", weight_norm=False,
+                            narrow_range=weight and spec.signed and not spec.sign_from_data)
 
     activation = uniform(qconfig.activation, weight=False)
-    if first and activation is not None and activation.symmetric and not activation.signed:
+    if (first and activation is not None and activation.symmetric and not activation.signed
+            and not activation.sign_from_data):
         activation = activation.replace(signed=True)
     return dataclasses.replace(qconfig, weight=uniform(qconfig.weight, weight=True), activation=activation)
 

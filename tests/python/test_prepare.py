@@ -96,6 +96,21 @@ def test_first_layer_input_is_signed_at_8_bits():
     assert (first.bits, first.signed) == (8, True) and (last.bits, last.signed) == (8, False)
 
 
+def test_first_and_last_layers_of_a_levels_qconfig_keep_the_fields_uniform_shares():
+    """PoT/APoT first/last layers become uniform: the scheme's own fields go, the
+    shared ones (calibration, percentile, sign_from_data, learnable) stay."""
+    levels = QConfig(weight=QuantSpec(scheme="pot", bits=4, granularity="channel", learnable=True, rounding="log"),
+                     activation=QuantSpec(scheme="apot", bits=4, signed=False, calibration="percentile",
+                                          percentile=99.5, sign_from_data=True, weight_norm=True))
+    p = qx.prepare_qat(plain_cnn(), levels, example_inputs=(torch.randn(1, 3, 8, 8),))
+    first, last = p.get_submodule("0"), p.get_submodule("10")
+    for layer in (first, last):
+        w, a = layer.weight_quantizer.spec, layer.input_quantizer.spec
+        assert w == QuantSpec(bits=8, narrow_range=True, granularity="channel", learnable=True)
+        assert a == QuantSpec(bits=8, signed=False, calibration="percentile", percentile=99.5, sign_from_data=True)
+    assert p.get_submodule("3").weight_quantizer.spec == levels.weight
+
+
 @pytest.mark.parametrize("first_last_bits", ["float", None])
 def test_first_and_last_layers_float_or_unchanged(first_last_bits):
     model = torchvision.models.resnet18(num_classes=10)
