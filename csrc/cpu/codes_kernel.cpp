@@ -1,7 +1,12 @@
-// CPU kernels of the integer-code ops. They run the scalar form of the same
-// scheme-math formulas as fake quantization, so codes decode to exactly its
-// outputs; they serve export and inspection, not the training loop.
+// CPU kernels of the integer-code ops. Quantize runs the SIMD loops of the
+// fake-quant kernels with the same scheme-math formulas, so codes decode to
+// exactly their outputs; dequantize is a scalar map.
+#include <array>
+#include <cstdint>
+
 #include "cpu/runs.h"
+#include "cpu/uniform_items.h"
+#include "cpu/vec_loops.h"
 #include "ops/codes.h"
 #include "ops/dispatch.h"
 #include "ops/level_ops.h"
@@ -28,14 +33,15 @@ void map_items(const RunLayout& layout, const at::Tensor& in, at::Tensor& out, c
   });
 }
 
+// The codes are the fake-quant formulas' SIMD loops with an integer output.
 void quantize_uniform(const UniformArgs& a, at::Tensor& codes) {
-  dispatch_quantize(a.c.x, a.scale, codes, [&](auto x_tag, auto c_tag, auto s_tag) {
-    using acc_t = acc_type<decltype(x_tag)>;
-    const auto* sp = a.scale.const_data_ptr<decltype(s_tag)>();
-    const auto* zp = a.zero_point.const_data_ptr<decltype(s_tag)>();
-    map_items<decltype(x_tag), decltype(c_tag)>(a.c.layout, a.c.x, codes, [&](auto v, int64_t i) {
-      const auto p = math::load_uniform<acc_t>(sp, zp, i, acc_t(a.qmin), acc_t(a.qmax));
-      return math::uniform_quantize<Scalar<acc_t>>(acc_t(v), p);
+  AT_DISPATCH_INTEGRAL_TYPES(codes.scalar_type(), "quantext_quantize_uniform", [&] {
+    using code_t = scalar_t;
+    for_each_uniform_item<0>(a, [&](auto tag, int64_t, int64_t begin, int64_t len, auto& src, auto qmin, auto qmax) {
+      map_run<decltype(qmin)>(a.c.x.const_data_ptr<decltype(tag)>() + begin, codes.mutable_data_ptr<code_t>() + begin,
+                              len, src, [&]<typename P>(typename P::V v, const auto& l) {
+                                return math::uniform_quantize<P>(v, params_of<P>(l, qmin, qmax));
+                              });
     });
   });
 }
@@ -52,12 +58,18 @@ void dequantize_uniform(const UniformArgs& a, at::Tensor& y) {
 }
 
 void quantize_levels(const LevelArgs& a, at::Tensor& codes) {
-  dispatch_level_grid<true>(a, [&](auto x_tag, auto p_tag, const auto& table, auto search) {
+  dispatch_quantize(a.c.x, a.alpha, codes, [&](auto x_tag, auto c_tag, auto p_tag) {
     using acc_t = acc_type<decltype(x_tag)>;
+    const auto& table = level_table<acc_t>(a);
     const auto* ap = a.alpha.const_data_ptr<decltype(p_tag)>();
-    AT_DISPATCH_INTEGRAL_TYPES(codes.scalar_type(), "quantext_quantize_levels", [&] {
-      map_items<decltype(x_tag), scalar_t>(a.c.layout, a.c.x, codes, [&](auto v, int64_t i) {
-        return math::levels_quantize<Scalar<acc_t>, decltype(search)>(acc_t(v), acc_t(ap[i]), table);
+    const auto params = [&](int64_t i) { return std::array<acc_t, 1>{static_cast<acc_t>(ap[i])}; };
+    math::with_level_search<VecPolicy<acc_t>, true>(table, [&](auto search) {
+      for_each_source<acc_t, 1, 0>(a.c.layout, params, [&](int64_t, int64_t begin, int64_t len, auto& src) {
+        map_run<acc_t>(a.c.x.const_data_ptr<decltype(x_tag)>() + begin,
+                       codes.mutable_data_ptr<decltype(c_tag)>() + begin, len, src,
+                       [&]<typename P>(typename P::V v, const auto& l) {
+                         return math::levels_quantize<P, decltype(search)>(v, l[0], table);
+                       });
       });
     });
   });

@@ -27,15 +27,21 @@ constexpr int64_t kConvertBlock = 512;
 
 // y[i] = f(x[i], params). The outputs alias nothing else, which lets the
 // compiler keep the formula's constants (level tables) in registers across the
-// stores.
-template <typename acc_t, typename scalar_t, typename Src, typename F>
-void map_run(const scalar_t* __restrict__ x, scalar_t* __restrict__ y, int64_t n, Src& src, const F& f) {
-  if constexpr (!std::is_same_v<scalar_t, acc_t>) {
+// stores. An output of another type (integer codes) is converted from acc_t
+// in blocks, like a float16 input.
+template <typename acc_t, typename in_t, typename out_t, typename Src, typename F>
+void map_run(const in_t* __restrict__ x, out_t* __restrict__ y, int64_t n, Src& src, const F& f) {
+  if constexpr (!std::is_same_v<in_t, acc_t> || !std::is_same_v<out_t, acc_t>) {
     acc_t xb[kConvertBlock], yb[kConvertBlock];
     for (int64_t i = 0; i < n; i += kConvertBlock) {
       const int64_t m = std::min(kConvertBlock, n - i);
-      at::vec::convert(x + i, xb, m);
-      map_run<acc_t>(xb, yb, m, src, f);
+      const acc_t* xi = xb;
+      if constexpr (std::is_same_v<in_t, acc_t>) {
+        xi = x + i;
+      } else {
+        at::vec::convert(x + i, xb, m);
+      }
+      map_run<acc_t>(xi, yb, m, src, f);
       at::vec::convert(yb, y + i, m);
     }
   } else {
