@@ -5,7 +5,9 @@ every element to every level: an N x levels tensor, then argmin).
 Per size and grid: forward and forward+backward time (learned alpha / scale
 with gradients), quantext's achieved bandwidth on forward+backward (x in, y
 out, dy in, dx out), its ratio to the 4-bit uniform kernel with a learned scale
-(target <= 1.3) and the speed-up over the composition (target >= 10 at 1e6+).
+(target <= 1.3), the speed-up over the composition (target >= 10 at 1e6+) and
+the integer-code op (quantize_uniform / quantize_levels, what export and
+inspection run) against the forward.
 
     python benchmarks/schemes.py [--quick] [--full] [--device cpu|cuda]
 
@@ -84,10 +86,13 @@ def measure(n: int, repeats: int, device: str) -> list[list[object]]:
     scale = torch.tensor([0.15], device=device, requires_grad=True)
     zero = torch.zeros(1, dtype=torch.int32, device=device)
     alpha = torch.tensor(1.2, device=device, requires_grad=True)
+    ops = torch.ops.quantext
     fns = {("uniform", 4, "fwd"): lambda: qx.fake_quant_uniform(x, scale.detach(), zero, -8, 7),
+           ("uniform", 4, "codes"): lambda: ops.quantize_uniform(x, scale.detach(), zero, -8, 7),
            ("uniform", 4, "fwd+bwd"): fwd_bwd(lambda: qx.fake_quant_uniform(xg, scale, zero, -8, 7), g, (xg, scale))}
     for scheme, bits in GRIDS:
         fns[(scheme, bits, "fwd")] = (lambda s=scheme, b=bits: fake_quant_levels(x, alpha.detach(), s, b, True))
+        fns[(scheme, bits, "codes")] = (lambda s=scheme, b=bits: ops.quantize_levels(x, alpha.detach(), s, b, True))
         fns[(scheme, bits, "fwd+bwd")] = fwd_bwd(lambda s=scheme, b=bits: fake_quant_levels(xg, alpha, s, b, True),
                                                  g, (xg, alpha))
     t = interleaved_medians(fns, repeats, device)
@@ -102,9 +107,11 @@ def measure(n: int, repeats: int, device: str) -> list[list[object]]:
     for scheme, bits in [("uniform", 4)] + GRIDS:
         both = t[(scheme, bits, "fwd+bwd")]
         composition = t.get((scheme, bits, "composition"))
-        rows.append([f"{n:.0e}", scheme, bits, t[(scheme, bits, "fwd")] * 1e3, both * 1e3, 16 * n / both / 1e9,
+        fwd = t[(scheme, bits, "fwd")]
+        rows.append([f"{n:.0e}", scheme, bits, fwd * 1e3, both * 1e3, 16 * n / both / 1e9,
                      both / uniform, "-" if scheme == "uniform" else
-                     (composition / both if composition else "skipped (N x levels too large)")])
+                     (composition / both if composition else "skipped (N x levels too large)"),
+                     t[(scheme, bits, "codes")] / fwd])
     return rows
 
 
@@ -114,7 +121,7 @@ def run(quick: bool = False, full: bool = False, device: str = "cpu") -> str:
     for n in sizes(quick, full):
         rows += measure(n, 21 if n <= 10**6 else 7, device)
     table = markdown_table(["elements", "scheme", "bits (signed)", "fwd ms", "fwd+bwd ms", "fwd+bwd GB/s",
-                            "fwd+bwd / uniform", "composition / quantext"], rows)
+                            "fwd+bwd / uniform", "composition / quantext", "codes / fwd"], rows)
     return f"PoT / APoT fake quant, {device.upper()} ({machine()})\n\n{table}\n"
 
 

@@ -6,7 +6,11 @@ QAT modules) and both inputs of every residual add (standalone
 The model is traced with ``torch.fx``; Conv2d -> BatchNorm2d (-> ReLU) chains
 become :class:`~quantext.nn.QuantConvBn2d` / ``QuantConvBnReLU2d`` (ReLU6 and
 other activations stay as they are, after the fused module), other Conv2d and
-Linear layers :class:`~quantext.nn.QuantConv2d` / ``QuantLinear``. Modules keep
+Linear layers :class:`~quantext.nn.QuantConv2d` / ``QuantLinear``. A BatchNorm
+that follows no convolution becomes ``InferenceFormBatchNorm{1,2,3}d``
+(nn/affine.py): a BatchNorm in training, state and ``state_dict``, whose eval
+mode computes the ``ChannelAffine`` that ``convert`` makes of it, so that
+``convert`` does not change the output by a bit. Modules keep
 their qualified names, so state-dict keys of the float parameters stay
 recognizable (``layer1.0.conv1.weight``, ``layer1.0.conv1.bn.running_mean``).
 When tracing fails, a module walk replaces Conv2d+BatchNorm2d(+ReLU) runs inside
@@ -52,6 +56,7 @@ from torch.fx.passes.shape_prop import ShapeProp
 
 from .nn import (QuantConv2d, QuantConvBn2d, QuantConvBnReLU2d, QuantLinear, QuantMultiheadAttention, Quantizer,
                  QuantShiftedWindowAttention)
+from .nn.affine import INFERENCE_FORMS
 from .spec import QConfig, QuantSpec
 
 _QAT_MODULES = (Quantizer, QuantConv2d, QuantLinear, QuantConvBn2d, QuantMultiheadAttention,
@@ -137,6 +142,7 @@ def prepare_qat(model: nn.Module, qconfig: QConfig, example_inputs: tuple | torc
                                   first_last_bits, example_inputs, options, notes)
         _prepare_leaves(prepared, qconfig, skipped, options)
     _keep_transformers_off_fast_paths(prepared)
+    _inference_form_batchnorms(prepared)
     name_quantizers(prepared)
     report = _coverage(prepared, holders, skipped, notes)
     _coverage_store(prepared)[_COVERAGE_KEY] = report
@@ -566,6 +572,16 @@ def _prepare_graph(gm: fx.GraphModule, qconfig: QConfig, skipped, first_last_bit
     gm.delete_all_unused_submodules()
     gm.recompile()
     return gm
+
+
+def _inference_form_batchnorms(model: nn.Module) -> None:
+    """Standalone BatchNorms (not a QuantConvBn2d's own) compute their eval mode as
+    the ChannelAffine that convert makes of them (nn/affine.py)."""
+    owned = {id(m.bn) for m in model.modules() if isinstance(m, QuantConvBn2d)}
+    for name, m in list(model.named_modules()):
+        form = INFERENCE_FORMS.get(type(m))
+        if form is not None and id(m) not in owned and m.track_running_stats:
+            set_module(model, name, form.from_batchnorm(m))
 
 
 def _is_relu(node: fx.Node, module: nn.Module | None) -> bool:

@@ -4,8 +4,8 @@ export_onnx(verify=True) -> ONNX Runtime, W8A8 for both backends and W4A4
 (scripts/model_zoo.py runs it and writes docs/models.md).
 
 A few models run by default; the rest are marked ``zoo`` and left out unless asked
-for (``pytest -m zoo tests/python/test_model_zoo.py``; about a minute per case on a
-2-core CPU, too long for CI)."""
+for (``pytest -m zoo tests/python/test_model_zoo.py``; 2-15 s per case, about
+7 minutes for all of them on a 2-core CPU)."""
 
 from __future__ import annotations
 
@@ -25,9 +25,13 @@ FAST = {("resnet18", "w8a8-onnxruntime"), ("mobilenet_v3_small", "w4a4"), ("vit"
 # (model, scheme or None for every scheme) -> (stage, reason). A row that fails elsewhere, or passes, fails the test.
 KNOWN_FAILURES: dict[tuple[str, str | None], tuple[str, str]] = {}
 # Layers prepare_qat leaves in float that a deployment would quantize: model -> reason.
-KNOWN_FLOAT_LAYERS: dict[str, str] = {
-    "vit": "prepare_qat does not quantize nn.MultiheadAttention's input projection (in_proj_weight)",
-    "swin": "prepare_qat does not quantize the attention Linear layers called through F.linear",
+KNOWN_FLOAT_LAYERS: dict[str, str] = {}
+# Models whose free-running ONNX Runtime output may drift past the bound although every quantizer verifies
+# teacher-forced: the quantized model is that sensitive in PyTorch itself (EfficientNet-B0 W8A8: a 1e-6 relative
+# input perturbation moves its output by 3.2 of 10.2), so float rounding differences drift the same way.
+KNOWN_DRIFT: dict[str, str] = {
+    "efficientnet_b0": "random-init EfficientNet: outputs move by 30% for a 1e-6 input perturbation in PyTorch too",
+    "efficientnet_v2_s": "random-init EfficientNet: outputs move by 30% for a 1e-6 input perturbation in PyTorch too",
 }
 
 
@@ -51,7 +55,11 @@ def test_model_through_the_flow(tmp_path, name, scheme):
     # convert equals the frozen QAT model (run() raises otherwise), the export verified (teacher-forced)
     assert row.convert_diff <= 1e-4 * max(row.output_range, 1.0)
     # free-running ONNX Runtime (no optimizations) stays close to PyTorch: quantization steps, not errors
-    assert row.max_diff <= 0.1 * max(row.output_range, 1.0), row
+    if row.max_diff > 0.1 * max(row.output_range, 1.0):
+        if name in KNOWN_DRIFT:
+            pytest.xfail(f"{KNOWN_DRIFT[name]}: max diff {row.max_diff:.3g} of outputs up to {row.output_range:.3g}")
+        pytest.fail(f"free-running ONNX Runtime differs by {row.max_diff:.3g} of outputs up to "
+                    f"{row.output_range:.3g}: {row}")
     if scheme == "w8a8-onnxruntime":  # the onnxruntime placement runs quantized layers as int8 kernels
         assert sum(row.int8_kernels.get(k, 0) for k in INT8_LAYER_KERNELS) >= 1, row.int8_kernels
     if row.float_layers:

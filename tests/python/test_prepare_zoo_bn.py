@@ -12,6 +12,7 @@ from torch import nn
 import quantext as qx
 from quantext.export.module_checks import check_modules
 from quantext.nn import ChannelAffine, QuantConvBn2d
+from quantext.nn.affine import INFERENCE_FORMS
 
 tvm = pytest.importorskip("torchvision.models")
 ort = pytest.importorskip("onnxruntime")
@@ -62,20 +63,44 @@ def test_unfolded_batchnorm_converts_exports_and_runs(build, shape, backend, tmp
     prepared = _qat(model, x, qx.QConfig.uniform(8, backend=backend))
     fused = {n for n, m in prepared.named_modules() if isinstance(m, QuantConvBn2d)}
     standalone = [n for n, m in prepared.named_modules()
-                  if type(m) in (nn.BatchNorm1d, nn.BatchNorm2d) and n.rpartition(".")[0] not in fused]
+                  if isinstance(m, nn.modules.batchnorm._BatchNorm) and n.rpartition(".")[0] not in fused]
     assert standalone  # the models do hold BNs that follow no conv
+    assert all(type(prepared.get_submodule(n)) in INFERENCE_FORMS.values() for n in standalone)
     converted = qx.convert(prepared)
     assert not any(isinstance(m, (nn.modules.batchnorm._BatchNorm, QuantConvBn2d)) for m in converted.modules())
     assert all(isinstance(converted.get_submodule(n), ChannelAffine) for n in standalone)
     with torch.no_grad():
         expected = prepared.eval()(x)
         got = converted(x)
-    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4 * expected.abs().max().item())
+    assert torch.equal(got, expected)  # the prepared BNs' eval mode is the affine convert makes
     check_modules(converted)  # the exporter's module check accepts what convert made
     path = qx.export_onnx(converted, (x,), tmp_path / "m.onnx", verify=True)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     (onnx_out,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
     assert np.array_equal(onnx_out.argmax(1), got.argmax(1).numpy())
+
+
+@pytest.mark.parametrize("kind, shape", [(nn.BatchNorm1d, (4, 6)), (nn.BatchNorm2d, (4, 6, 5, 5)),
+                                         (nn.BatchNorm3d, (2, 6, 2, 3, 3))])
+def test_inference_form_trains_as_batchnorm_and_evaluates_as_its_affine(kind, shape):
+    """prepare_qat's standalone BatchNorms: training mode, state and state_dict are
+    BatchNorm's; eval mode is bit for bit the ChannelAffine convert makes."""
+    torch.manual_seed(0)
+    bn = kind(6, momentum=0.3)
+    nn.init.normal_(bn.weight)
+    nn.init.normal_(bn.bias)
+    form = INFERENCE_FORMS[kind].from_batchnorm(bn)
+    assert isinstance(form, kind) and form.state_dict().keys() == bn.state_dict().keys()
+    for _ in range(3):
+        x = torch.randn(shape) * 3 + 1
+        torch.testing.assert_close(form(x), bn(x), rtol=0, atol=0)
+    for a, b in zip(form.state_dict().values(), bn.state_dict().values()):
+        assert torch.equal(a, b)
+    x = torch.randn(shape)
+    assert torch.equal(form.eval()(x), ChannelAffine.from_batchnorm(form)(x))
+    torch.testing.assert_close(form(x), bn.eval()(x), rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match="expected"):
+        form(torch.randn(2, 6, 1, 1, 1, 1))
 
 
 def test_export_still_refuses_an_unconverted_batchnorm():

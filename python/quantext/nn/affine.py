@@ -78,20 +78,69 @@ class ChannelAffine(nn.Module):
         agree to rounding). A channel with ``var + eps = 0`` gets scale 0 (see
         :func:`safe_bn_factor`). Errors name ``name``."""
         check_bn_statistics(bn, name or type(bn).__name__)
-        mean, var = bn.running_mean, bn.running_var
-        gamma = bn.weight if bn.affine else torch.ones_like(var)
-        beta = bn.bias if bn.affine else torch.zeros_like(mean)
-        scale = safe_bn_factor(gamma, safe_std(var + bn.eps))
-        shift = beta - mean * scale
+        scale, shift = batchnorm_affine(bn)
         check_finite({"scale": scale, "shift": shift}, name or type(bn).__name__)
         return cls(scale.clone(), shift.clone())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() < 2 or x.shape[1] != self.scale.numel():
-            raise ValueError(f"ChannelAffine expects input of shape [N, {self.scale.numel()}, ...], got "
-                             f"{tuple(x.shape)}")
-        shape = (-1,) + (1,) * (x.dim() - 2)
-        return torch.addcmul(self.shift.reshape(shape), x, self.scale.reshape(shape))
+        return channel_affine(x, self.scale, self.shift)
 
     def extra_repr(self) -> str:
         return f"channels={self.scale.numel()}"
+
+
+def batchnorm_affine(bn: nn.modules.batchnorm._BatchNorm) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(scale, shift)`` of the affine ``bn`` computes in eval mode."""
+    mean, var = bn.running_mean, bn.running_var
+    gamma = bn.weight if bn.affine else torch.ones_like(var)
+    beta = bn.bias if bn.affine else torch.zeros_like(mean)
+    scale = safe_bn_factor(gamma, safe_std(var + bn.eps))
+    return scale, beta - mean * scale
+
+
+def channel_affine(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """``x * scale[c] + shift[c]`` along dimension 1."""
+    if x.dim() < 2 or x.shape[1] != scale.numel():
+        raise ValueError(f"ChannelAffine expects input of shape [N, {scale.numel()}, ...], got {tuple(x.shape)}")
+    shape = (-1,) + (1,) * (x.dim() - 2)
+    return torch.addcmul(shift.reshape(shape), x, scale.reshape(shape))
+
+
+class _InferenceForm:
+    """A BatchNorm whose eval mode computes, with the same arithmetic, the
+    :class:`ChannelAffine` that :func:`quantext.convert` replaces it with, so
+    that ``convert`` leaves the outputs of a frozen QAT model bit for bit
+    unchanged (BatchNorm's own kernel rounds differently, and one element on a
+    rounding boundary of the next quantizer is then a whole step apart).
+    Training mode, state and ``state_dict`` are the BatchNorm's."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training or not self.track_running_stats:
+            return super().forward(x)
+        self._check_input_dim(x)
+        return channel_affine(x, *batchnorm_affine(self))
+
+    @classmethod
+    def from_batchnorm(cls, bn: nn.modules.batchnorm._BatchNorm) -> nn.Module:
+        """The same BatchNorm (parameters, statistics, mode; it must track running
+        statistics) in this class."""
+        new = cls(bn.num_features, bn.eps, bn.momentum, bn.affine, bn.track_running_stats,
+                  device=bn.running_mean.device, dtype=bn.running_mean.dtype)
+        new.load_state_dict(bn.state_dict())
+        return new.train(bn.training)
+
+
+class InferenceFormBatchNorm1d(_InferenceForm, nn.BatchNorm1d):
+    """:class:`nn.BatchNorm1d` whose eval mode is its :class:`ChannelAffine` (see ``_InferenceForm``)."""
+
+
+class InferenceFormBatchNorm2d(_InferenceForm, nn.BatchNorm2d):
+    """:class:`nn.BatchNorm2d` whose eval mode is its :class:`ChannelAffine` (see ``_InferenceForm``)."""
+
+
+class InferenceFormBatchNorm3d(_InferenceForm, nn.BatchNorm3d):
+    """:class:`nn.BatchNorm3d` whose eval mode is its :class:`ChannelAffine` (see ``_InferenceForm``)."""
+
+
+INFERENCE_FORMS: dict[type, type] = {nn.BatchNorm1d: InferenceFormBatchNorm1d, nn.BatchNorm2d: InferenceFormBatchNorm2d,
+                                     nn.BatchNorm3d: InferenceFormBatchNorm3d}
