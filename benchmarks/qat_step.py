@@ -1,4 +1,5 @@
-"""Training-step time of ResNet-18 (torchvision, 10 classes, 32x32 inputs):
+"""Training-step time of ResNet-18 (or another torchvision classification model,
+``--model``; 10 classes, 32x32 inputs):
 FP32 vs quantext QAT (BN folded, W8A8 / W4A4) vs torch.ao QAT
 (``prepare_qat_fx`` with Conv-BN fusion, the fbgemm QAT qconfig mapping).
 
@@ -16,6 +17,7 @@ takes minutes on a small CPU, so ``--quick`` leaves the compiled rows out
 unless ``--compile`` is given.
 
     python benchmarks/qat_step.py [--quick] [--device cpu|cuda] [--batch N] [--size S] [--[no-]compile]
+                                  [--model NAME]
 """
 
 from __future__ import annotations
@@ -50,15 +52,16 @@ def quantext_qconfig(bits: int) -> QConfig:
 COMPILED = " (compiled)"
 
 
-def models(x: torch.Tensor, compile: bool = True) -> dict[str, nn.Module]:
-    """The configurations, each a fresh ResNet-18 with the same initial weights;
-    with ``compile``, also FP32, quantext W8A8 and torch.ao under ``torch.compile``."""
+def models(x: torch.Tensor, compile: bool = True, model: str = "resnet18") -> dict[str, nn.Module]:
+    """The configurations, each a fresh ``torchvision.models.<model>`` with the same
+    initial weights; with ``compile``, also FP32, quantext W8A8 and torch.ao under
+    ``torch.compile``."""
     from torch.ao.quantization import get_default_qat_qconfig_mapping  # noqa: PLC0415
     from torch.ao.quantization.quantize_fx import prepare_qat_fx  # noqa: PLC0415
 
     def resnet() -> nn.Module:
         torch.manual_seed(0)
-        return torchvision.models.resnet18(num_classes=10).to(x.device)
+        return getattr(torchvision.models, model)(num_classes=10).to(x.device)
 
     def quantext(bits: int, bn_stats: str = "exact") -> nn.Module:
         model = qx.prepare_qat(resnet(), quantext_qconfig(bits), example_inputs=(x,), bn_stats=bn_stats)
@@ -98,14 +101,15 @@ def _graphs_compiled() -> int:
     return torch._dynamo.utils.counters["stats"]["unique_graphs"]
 
 
-def run(quick: bool, device: str = "cpu", batch: int = BATCH, size: int = SIZE, compile: bool | None = None) -> str:
+def run(quick: bool, device: str = "cpu", batch: int = BATCH, size: int = SIZE, compile: bool | None = None,
+        model: str = "resnet18") -> str:
     """Times every configuration (the compiled ones with ``compile``, by default
     unless ``quick``); returns the Markdown report."""
     compile = not quick if compile is None else compile
     x = torch.randn(batch, 3, size, size, device=device)
     y = torch.randint(0, 10, (batch,), device=device)
     torch._dynamo.reset()
-    steps = {name: train_step(m, x, y, name.endswith(COMPILED)) for name, m in models(x, compile).items()}
+    steps = {name: train_step(m, x, y, name.endswith(COMPILED)) for name, m in models(x, compile, model).items()}
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     warmup, repeats = (2, 7) if quick else (3, 21)
     times: dict[str, list[float]] = {name: [] for name in steps}
@@ -140,7 +144,7 @@ def run(quick: bool, device: str = "cpu", batch: int = BATCH, size: int = SIZE, 
               f"bn_stats=approx {medians['quantext W8A8, bn_stats=approx'] / medians['FP32']:.2f}; "
               f"torch.ao QAT / FP32: {medians['torch.ao QAT (fbgemm)'] / medians['FP32']:.2f}; "
               f"default quantext / torch.ao: {medians['quantext W8A8'] / medians['torch.ao QAT (fbgemm)']:.2f}.")
-    return (f"### QAT training step, ResNet-18, batch {batch} at {size}x{size}, {device}\n\n"
+    return (f"### QAT training step, {model}, batch {batch} at {size}x{size}, {device}\n\n"
             f"{machine()}; median of {repeats} steps after {warmup} warm-up rounds, configurations interleaved."
             f"{note}\n\n" + markdown_table(header, rows) + versus)
 
@@ -153,8 +157,9 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=SIZE)
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                         help="add the torch.compile rows (default: on, off with --quick)")
+    parser.add_argument("--model", default="resnet18", help="a torchvision classification model (default resnet18)")
     args = parser.parse_args()
-    print(run(args.quick, args.device, args.batch, args.size, args.compile))
+    print(run(args.quick, args.device, args.batch, args.size, args.compile, args.model))
 
 
 if __name__ == "__main__":
