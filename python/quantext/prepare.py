@@ -6,7 +6,10 @@ QAT modules) and both inputs of every residual add (standalone
 The model is traced with ``torch.fx``; Conv2d -> BatchNorm2d (-> ReLU) chains
 become :class:`~quantext.nn.QuantConvBn2d` / ``QuantConvBnReLU2d`` (ReLU6 and
 other activations stay as they are, after the fused module), other Conv2d and
-Linear layers :class:`~quantext.nn.QuantConv2d` / ``QuantLinear``. A BatchNorm
+Linear layers :class:`~quantext.nn.QuantConv2d` / ``QuantLinear``, ``nn.Embedding``
+tables :class:`~quantext.nn.QuantEmbedding` (the weight spec on the table, no
+input quantizer; a table tied to the output head is quantized once, one
+quantizer shared by both layers). A BatchNorm
 that follows no convolution becomes ``InferenceFormBatchNorm{1,2,3}d``
 (nn/affine.py): a BatchNorm in training, state and ``state_dict``, whose eval
 mode computes the ``ChannelAffine`` that ``convert`` makes of it, so that
@@ -54,14 +57,15 @@ import torch.nn.functional as F
 from torch import nn
 from torch.fx.passes.shape_prop import ShapeProp
 
-from .nn import (QuantConv2d, QuantConvBn2d, QuantConvBnReLU2d, QuantLinear, QuantMultiheadAttention, Quantizer,
-                 QuantShiftedWindowAttention)
+from .nn import (QuantConv2d, QuantConvBn2d, QuantConvBnReLU2d, QuantEmbedding, QuantLinear, QuantMultiheadAttention,
+                 Quantizer, QuantShiftedWindowAttention)
 from .nn.affine import INFERENCE_FORMS
 from .spec import QConfig, QuantSpec
 
-_QAT_MODULES = (Quantizer, QuantConv2d, QuantLinear, QuantConvBn2d, QuantMultiheadAttention,
+_QAT_MODULES = (Quantizer, QuantConv2d, QuantLinear, QuantConvBn2d, QuantEmbedding, QuantMultiheadAttention,
                 QuantShiftedWindowAttention)
-_QAT_LAYERS = (QuantConv2d, QuantLinear, QuantConvBn2d)
+_QAT_LAYERS = (QuantConv2d, QuantLinear, QuantConvBn2d, QuantEmbedding)
+_QAT_LAYER_OF = {nn.Conv2d: QuantConv2d, nn.Linear: QuantLinear, nn.Embedding: QuantEmbedding}
 _ADD_TARGETS = (operator.add, operator.iadd, torch.add)
 _RELU_FUNCTIONS = (F.relu, torch.relu)
 
@@ -143,6 +147,7 @@ def prepare_qat(model: nn.Module, qconfig: QConfig, example_inputs: tuple | torc
         _prepare_leaves(prepared, qconfig, skipped, options)
     _keep_transformers_off_fast_paths(prepared)
     _inference_form_batchnorms(prepared)
+    _share_tied_weight_quantizers(prepared)
     name_quantizers(prepared)
     report = _coverage(prepared, holders, skipped, notes)
     _coverage_store(prepared)[_COVERAGE_KEY] = report
@@ -214,11 +219,18 @@ _REQUESTED = ("in `skip`", "first_last_bits='float'", "qconfig.weight is None")
 
 def _float_reason(module: nn.Module) -> str | None:
     """Why a weight-holding module of this type stays in float (``None``: it would be quantized)."""
-    if isinstance(module, (nn.Embedding, nn.EmbeddingBag)):
-        return "embedding tables are looked up, not multiplied: quantext does not quantize them"
+    if isinstance(module, nn.EmbeddingBag):
+        return "no QAT module for nn.EmbeddingBag (only nn.Embedding)"
+    if isinstance(module, nn.Embedding):
+        if type(module) is not nn.Embedding:
+            return f"no QAT module for {type(module).__name__} (only nn.Embedding itself)"
+        if module.max_norm is not None or module.sparse:
+            return "an nn.Embedding with max_norm or sparse=True (a quantized table is neither renormalized in " \
+                   "place nor given sparse gradients)"
+        return None
     if isinstance(module, nn.MultiheadAttention):  # the exact class is swapped unless skipped
         return f"no QAT module for {type(module).__name__} (only nn.MultiheadAttention itself)"
-    if type(module) in (nn.Conv2d, nn.Linear):
+    if type(module) in _QAT_LAYER_OF:
         return None
     if isinstance(module, (nn.modules.conv._ConvNd, nn.Linear)):
         return f"no QAT module for {type(module).__name__} (only nn.Conv2d and nn.Linear themselves)"
@@ -317,12 +329,15 @@ def _qconfig_for(layers: list[str], qconfig: QConfig, first_last_bits) -> Callab
     return lambda name: configs.get(name, qconfig)
 
 
-def _quant_layer(module: nn.Module, qconfig: QConfig) -> nn.Module:
-    return (QuantConv2d if type(module) is nn.Conv2d else QuantLinear).from_float(module, qconfig)
+def _quant_layer(module: nn.Module, qconfig: QConfig, name: str) -> nn.Module:
+    try:
+        return _QAT_LAYER_OF[type(module)].from_float(module, qconfig)
+    except ValueError as err:  # a group size that does not divide the weight, ...
+        raise ValueError(f"prepare_qat: layer '{name}' ({type(module).__name__}): {err}") from err
 
 
 def _quantizable(module: nn.Module) -> bool:
-    return type(module) in (nn.Conv2d, nn.Linear)
+    return type(module) in _QAT_LAYER_OF and _float_reason(module) is None
 
 
 def _foldable_bn(conv: nn.Module, bn: nn.Module) -> bool:
@@ -413,6 +428,11 @@ def _mark_flips(a: Any, b: Any, pos_a: dict, pos_b: dict) -> Any:
             return _DIFFERENT
         items = {k: _mark_flips(a[k], b[k], pos_a, pos_b) for k in a}
         return _DIFFERENT if any(i is _DIFFERENT for i in items.values()) else items
+    if isinstance(a, slice):  # x[: t.shape[1]]: the bounds may be nodes
+        if not isinstance(b, slice):
+            return _DIFFERENT
+        parts = [_mark_flips(x, y, pos_a, pos_b) for x, y in zip((a.start, a.stop, a.step), (b.start, b.stop, b.step))]
+        return _DIFFERENT if any(p is _DIFFERENT for p in parts) else a
     try:
         same = type(a) is type(b) and bool(a == b or (a != a and b != b))  # NaN constants match
     except Exception:  # noqa: BLE001 (values without a usable ==)
@@ -540,12 +560,12 @@ def _prepare_graph(gm: fx.GraphModule, qconfig: QConfig, skipped, first_last_bit
             continue
         conv = modules[node.target]
         if calls[node.target] > 1:
-            set_module(gm, node.target, _quant_layer(conv, layer_config))
+            set_module(gm, node.target, _quant_layer(conv, layer_config, node.target))
             continue
         bn_node = single_user(node)
         bn = module_of(bn_node) if bn_node is not None else None
         if bn is None or calls[bn_node.target] != 1 or not _foldable_bn(conv, bn) or skipped(bn_node.target, bn):
-            set_module(gm, node.target, _quant_layer(conv, layer_config))
+            set_module(gm, node.target, _quant_layer(conv, layer_config, node.target))
             continue
         relu_node = single_user(bn_node)  # a shared nn.ReLU is fine: it has no state
         fused = [conv, bn]
@@ -572,6 +592,19 @@ def _prepare_graph(gm: fx.GraphModule, qconfig: QConfig, skipped, first_last_bit
     gm.delete_all_unused_submodules()
     gm.recompile()
     return gm
+
+
+def _share_tied_weight_quantizers(model: nn.Module) -> None:
+    """Layers that share one weight parameter (an embedding tied to the output
+    head) share the first one's weight quantizer when their specs agree, so the
+    weight is quantized once, with one set of parameters."""
+    first: dict[int, nn.Module] = {}
+    for module in model.modules():
+        if isinstance(module, _QAT_LAYERS) and module.weight_quantizer is not None:
+            owner = first.setdefault(id(module.weight), module)
+            if owner is not module and owner.weight_quantizer.spec == module.weight_quantizer.spec \
+                    and owner.weight.shape == module.weight.shape:
+                module.weight_quantizer = owner.weight_quantizer
 
 
 def _inference_form_batchnorms(model: nn.Module) -> None:
@@ -692,7 +725,7 @@ def _prepare_modules(model: nn.Module, qconfig: QConfig, skipped, first_last_bit
         if config_for(path) is None:
             notes[path] = "first_last_bits='float'"
         elif path not in replacements:
-            replacements[path] = _quant_layer(named[path], config_for(path))
+            replacements[path] = _quant_layer(named[path], config_for(path), path)
     for path, module in replacements.items():
         set_module(model, path, module)
     return model

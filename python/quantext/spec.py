@@ -221,3 +221,22 @@ class QConfig:
         if backend == "onnxruntime":
             activation = activation.replace(signed=False, symmetric=False)
         return cls(default_weight_spec(bits), activation, int32_bias)
+
+    @classmethod
+    def weight_only(cls, bits: int = 4, group_size: int = 128, learnable: bool = False) -> "QConfig":
+        """Weight-only QAT of transformer layers: ``bits``-bit (2-8) signed
+        symmetric weights with one scale per group of ``group_size`` along the
+        input dimension (axis 1: a Linear's ``[out, in]`` weight, an embedding
+        table's ``[tokens, dim]``, a Conv's input channels), ranges from each
+        group's max, LSQ scales with ``learnable``; activations in float. A
+        ``group_size`` that does not divide a layer's input dimension is an error
+        naming the layer's shape."""
+        if isinstance(bits, bool) or not isinstance(bits, int) or not 2 <= bits <= 8:
+            raise ValueError(f"QConfig.weight_only: bits must be an int in [2, 8], got {bits!r}")
+        return cls(weight=QuantSpec(bits=bits, granularity="group", axis=1, group_size=group_size,
+                                    learnable=learnable, calibration="max"), activation=None)
+
+    @classmethod
+    def int4_weight_only(cls, group_size: int = 128, learnable: bool = False) -> "QConfig":
+        """:meth:`weight_only` at 4 bits (torchao's ``int4_weight_only``)."""
+        return cls.weight_only(4, group_size, learnable)

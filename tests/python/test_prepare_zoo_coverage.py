@@ -44,17 +44,16 @@ def _prepare(model, **options):
 def test_coverage_lists_every_weight_with_a_reason_and_warns_once():
     prepared, warned = _prepare(Mixed(), first_last_bits=None, skip="fc")
     report = qx.coverage(prepared)
-    assert sorted(report.quantized) == ["conv", "head"]
-    assert set(report.in_float) == {"tok", "conv1d", "fc", "functional"}
-    assert "embedding" in report.in_float["tok"]
+    assert sorted(report.quantized) == ["conv", "head", "tok"]
+    assert set(report.in_float) == {"conv1d", "fc", "functional"}
     assert "no QAT module for Conv1d" in report.in_float["conv1d"]
     assert report.in_float["fc"] == "in `skip`"
     assert "never called as a module" in report.in_float["functional"]
-    assert set(report.unexpected) == {"tok", "conv1d", "functional"} and report.total == 6
+    assert set(report.unexpected) == {"conv1d", "functional"} and report.total == 6
     assert len(warned) == 1  # once, for what was not asked for; the skipped layer is not in it
-    assert "3 of 6" in warned[0] and "'conv1d'" in warned[0] and "'fc'" not in warned[0]
+    assert "2 of 6" in warned[0] and "'conv1d'" in warned[0] and "'fc'" not in warned[0]
     text = str(report)
-    assert text.splitlines()[0] == "2 of 6 weights quantized" and "float  functional: never called" in text
+    assert text.splitlines()[0] == "3 of 6 weights quantized" and "float  functional: never called" in text
     assert qx.coverage(qx.convert(prepared)) == report  # convert carries it
 
 

@@ -154,3 +154,30 @@ def test_plain_models_trace_without_mode_warning():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         qx.prepare_qat(model, QCONFIG, example_inputs=(torch.randn(2, 3, 32, 32),))
+
+
+class SlicedPositions(nn.Module):
+    """A learned positional table sliced by the traced sequence length (GPT-style), then dropout:
+    the slice holds fx nodes, which differ between the two traces without being a mode difference."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pos = nn.Parameter(torch.randn(32, 8))
+        self.fc = nn.Linear(8, 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.dropout(self.fc(x + self.pos[: x.shape[1]]), p=0.5, training=self.training)
+
+
+def test_slices_with_traced_bounds_are_not_a_mode_difference():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        prepared = qx.prepare_qat(SlicedPositions(), QCONFIG, example_inputs=(torch.randn(2, 16, 8),),
+                                  first_last_bits=None)
+    qx.disable_quant(prepared)
+    x = torch.randn(2, 16, 8)
+    with torch.no_grad():
+        prepared.eval()
+        assert torch.equal(prepared(x), prepared(x))  # the dropout after the slice follows eval()
+        prepared.train()
+        assert not torch.equal(prepared(x), prepared(x))

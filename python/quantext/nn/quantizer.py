@@ -122,7 +122,8 @@ class RangeFindings:
         floored: the smallest scale (uniform) or ``alpha`` (PoT/APoT) the data
             asked for, when it was below the quantizer's ``min_scale`` and was
             raised to it (the grid is then coarser than the data's range);
-            ``None`` when no value hit the floor.
+            ``None`` when no value hit the floor. All-zero channels do not
+            count: zero is exact at any scale.
         negative_fraction: fraction of the observed values that were negative
             (``None``: unknown, statistics loaded from a state dict).
         clipped_fraction: fraction of the observed values that the grid clips
@@ -399,10 +400,12 @@ class Quantizer(MirroredStateMixin, nn.Module):
         shape = self._primary.shape
         lo, hi = lo.reshape(shape), hi.reshape(shape)
         step = range_step(self.spec, lo, hi)
-        floored = bool((step < self.min_scale).any())
+        # An all-zero channel (an embedding's padding row, a pruned filter) is exact at any scale.
+        below = (step < self.min_scale) & ((lo != 0) | (hi != 0))
+        floored = bool(below.any())
         clips = not self.spec.signed and self.spec.symmetric
         self.findings = RangeFindings(
-            floored=float(step.min()) if floored else None, negative_fraction=negative,
+            floored=float(step[below].min()) if floored else None, negative_fraction=negative,
             clipped_fraction=(negative if clips else 0.0) if saw_negative else 0.0, signed=self.spec.signed)
         self.set_qparams(**qparams_from_range(self.spec, lo, hi, self.min_scale))
         if warn:
