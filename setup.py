@@ -88,5 +88,5 @@ setup(
     # What `import quantext` needs; export also needs onnx and onnxruntime
     # (extras "export"), and the demo scikit-learn (requirements.txt pins all).
     install_requires=["torch>=2.9", "numpy", "tqdm"],
-    extras_require={"export": ["onnx", "onnxruntime", "onnxscript"]},
+    extras_require={"export": ["onnx", "onnxruntime", "onnxscript", "ml-dtypes"]},
 )

@@ -5,6 +5,7 @@ per-group presets, and the export of a tied table as one set of integer codes.""
 from __future__ import annotations
 
 import collections
+import os
 
 import onnx
 import pytest
@@ -146,3 +147,26 @@ def test_an_all_zero_padding_row_is_no_scale_floor_finding(recwarn):
         table.weight[1] = 1e-12  # a row that is tiny but not zero still is one
     qx.calibrate(q, [ids()], progress=False)
     assert q.weight_quantizer.findings.floored == pytest.approx(1e-12 / 127, rel=1e-3)
+
+
+def test_int4_per_group_weights_export_packed_and_run_in_onnx_runtime(tmp_path):
+    """Opset 21 blocked DequantizeLinear with int4 initializers: the file stores
+    half a byte per weight, and ONNX Runtime agrees with PyTorch."""
+    ort = pytest.importorskip("onnxruntime")
+    sizes, weights = {}, 64 * 256 + 256 * 256 + 64 * 256
+    for bits in (4, 8):
+        torch.manual_seed(0)
+        model = qx.convert(calibrated(TinyLM(vocab=64, dim=256, tied=False), QConfig.weight_only(bits, 32),
+                                      first_last_bits=None))
+        x = ids(3, vocab=64)
+        path = qx.export_onnx(model, (x,), tmp_path / f"w{bits}.onnx", opset=21, verify=True)
+        graph = onnx.load(str(path)).graph
+        codes = [i for i in graph.initializer if "_codes_" in i.name]
+        expected = onnx.TensorProto.INT4 if bits == 4 else onnx.TensorProto.INT8
+        assert len(codes) == 3 and all(i.data_type == expected for i in codes)
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        (out,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+        with torch.no_grad():
+            torch.testing.assert_close(torch.from_numpy(out), model(x), rtol=1e-5, atol=1e-5)
+        sizes[bits] = os.path.getsize(path)
+    assert sizes[8] - sizes[4] >= 0.45 * weights  # half a byte saved per weight

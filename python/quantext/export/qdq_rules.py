@@ -27,6 +27,7 @@ from __future__ import annotations
 import math
 from fractions import Fraction
 
+import ml_dtypes
 import numpy as np
 import onnx
 import torch
@@ -41,6 +42,8 @@ _INT8 = (TensorProto.INT8, np.int8, -128, 127)
 _UINT8 = (TensorProto.UINT8, np.uint8, 0, 255)
 _INT16 = (TensorProto.INT16, np.int16, -(1 << 15), (1 << 15) - 1)
 _UINT16 = (TensorProto.UINT16, np.uint16, 0, (1 << 16) - 1)
+_INT4 = (TensorProto.INT4, ml_dtypes.int4, -8, 7)
+_UINT4 = (TensorProto.UINT4, ml_dtypes.uint4, 0, 15)
 
 Grid = dict  # the grid of a quantizer's output: the fields of a QuantizerRecord but its tensor and module
 
@@ -155,13 +158,16 @@ def _lower_uniform(g: Graph, node: onnx.NodeProto, opset: int) -> tuple[list[onn
     else:
         scale, zp = scale.reshape(-1), zp.reshape(-1)
         qdq_attrs = {"axis": axis}
-    emit = _Emitter(g, node)
-    s_name, z_name = emit.const("scale", scale), emit.const("zero_point", zp.astype(ntype))
     x = g.const(node.input[0])
+    if x is not None and a["group_size"]:
+        # Blocked weights (opset 21) of at most 4 bits are stored as int4 / uint4: two codes per byte.
+        ntype = next((t[1] for t in (_INT4, _UINT4) if t[2] <= a["qmin"] and a["qmax"] <= t[3]), ntype)
+    emit = _Emitter(g, node)
+    s_name, z_name = emit.const("scale", scale), emit.const("zero_point", zp.astype(np.int32).astype(ntype))
     if x is not None:
         codes = _uniform_codes(x.astype(np.float32), scale, zp.astype(np.int32), a, axis)
-        emit("DequantizeLinear", [emit.const("codes", codes.astype(ntype)), s_name, z_name], node.output[0],
-             **qdq_attrs)
+        emit("DequantizeLinear", [emit.const("codes", codes.astype(np.int32).astype(ntype)), s_name, z_name],
+             node.output[0], **qdq_attrs)
     else:
         q = emit("QuantizeLinear", [node.input[0], s_name, z_name], **qdq_attrs)
         if (a["qmin"], a["qmax"]) != (lo, hi):
