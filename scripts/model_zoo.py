@@ -154,7 +154,7 @@ class Row:
 
     model: str
     scheme: str
-    stage: str = "build"  # the stage reached: build, prepare, calibrate, train, convert, export, verify, done
+    stage: str = "build"  # the stage reached: build, prepare, calibrate, train, eval, convert, export, verify, done
     error: str = ""
     layers: int = 0  # Conv/Linear layers (and MultiheadAttention input projections) in the float model
     quantized: int = 0  # of those with a weight quantizer after prepare_qat
@@ -257,9 +257,14 @@ def run(name: str, scheme: str, folder: str | pathlib.Path | None = None) -> Row
                 raise FloatingPointError(f"{len(bad)} parameters not finite after 2 SGD steps, e.g. {bad[0]}")
             qx.freeze_bn(prepared)
             prepared.eval()
-            row.stage = "convert"
+            row.stage = "eval"
             with torch.no_grad():
                 frozen = _leaves(prepared(x))
+                if not all(torch.equal(a, b) for a, b in zip(frozen, _leaves(prepared(x)))):
+                    raise AssertionError("two eval-mode runs of the frozen QAT model differ (a module stuck in "
+                                         "training behaviour: dropout, stochastic depth)")
+            row.stage = "convert"
+            with torch.no_grad():
                 converted = qx.convert(prepared)
                 converted.eval()
                 folded = _leaves(converted(x))
@@ -315,7 +320,8 @@ random initialization (BatchNorm statistics from one train-mode pass over
 32 random images), batch 2, 32x32 images (64x64 for EfficientNet, SqueezeNet,
 Swin, MaxViT, LR-ASPP and the FPN backbone; 16 tokens for the GPT-style model),
 `qx.prepare_qat` -> `qx.calibrate` (2 batches) -> 2 SGD steps -> `qx.freeze_bn`
--> `qx.convert` -> `qx.export_onnx(verify=True)`. Schemes: `w8a8-onnxruntime`
+-> two eval-mode runs, equal bit for bit -> `qx.convert` ->
+`qx.export_onnx(verify=True)`. Schemes: `w8a8-onnxruntime`
 = `QConfig.uniform(8, backend="onnxruntime")`, `w8a8-tensorrt` =
 `QConfig.uniform(8)`, `w4a4` = `QConfig.uniform(4)` (first and last layer at 8
 bits, prepare_qat's default).
