@@ -602,8 +602,7 @@ def _share_tied_weight_quantizers(model: nn.Module) -> None:
     for module in model.modules():
         if isinstance(module, _QAT_LAYERS) and module.weight_quantizer is not None:
             owner = first.setdefault(id(module.weight), module)
-            if owner is not module and owner.weight_quantizer.spec == module.weight_quantizer.spec \
-                    and owner.weight.shape == module.weight.shape:
+            if owner is not module and owner.weight_quantizer.spec == module.weight_quantizer.spec:
                 module.weight_quantizer = owner.weight_quantizer
 
 

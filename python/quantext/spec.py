@@ -229,8 +229,8 @@ class QConfig:
         input dimension (axis 1: a Linear's ``[out, in]`` weight, an embedding
         table's ``[tokens, dim]``, a Conv's input channels), ranges from each
         group's max, LSQ scales with ``learnable``; activations in float. A
-        ``group_size`` that does not divide a layer's input dimension is an error
-        naming the layer's shape."""
+        ``group_size`` that does not divide a layer's input dimension makes
+        ``prepare_qat`` raise an error naming the layer and its shape."""
         if isinstance(bits, bool) or not isinstance(bits, int) or not 2 <= bits <= 8:
             raise ValueError(f"QConfig.weight_only: bits must be an int in [2, 8], got {bits!r}")
         return cls(weight=QuantSpec(bits=bits, granularity="group", axis=1, group_size=group_size,

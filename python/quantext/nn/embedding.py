@@ -12,8 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..spec import QConfig
-from .layers import quantize_or_identity
-from .quantizer import Quantizer
+from .layers import attach_quantizers, quantize_or_identity
 
 
 class QuantEmbedding(nn.Embedding):
@@ -29,12 +28,7 @@ class QuantEmbedding(nn.Embedding):
                  qconfig: QConfig, scale_grad_by_freq: bool = False, device=None, dtype=None) -> None:
         super().__init__(num_embeddings, embedding_dim, padding_idx, scale_grad_by_freq=scale_grad_by_freq,
                          device=device, dtype=dtype)
-        if not isinstance(qconfig, QConfig):
-            raise TypeError(f"qconfig must be a quantext.QConfig, got {type(qconfig).__name__}")
-        self.qconfig = qconfig
-        self.weight_quantizer = None if qconfig.weight is None else \
-            Quantizer(qconfig.weight, self.weight.shape, role="weight").to(self.weight.device)
-        self.input_quantizer = None
+        attach_quantizers(self, qconfig, self.weight.shape, quantize_input=False)
 
     def forward(self, indices: torch.Tensor) -> torch.Tensor:
         weight = quantize_or_identity(self.weight_quantizer, self.weight)

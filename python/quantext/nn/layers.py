@@ -50,15 +50,18 @@ def layer_bias(module: nn.Module, bias: torch.Tensor | None) -> torch.Tensor | N
     return codes * step + (bias - bias.detach())  # exactly the grid value; gradient straight through
 
 
-def attach_quantizers(module: nn.Module, qconfig: QConfig, weight_shape: Sequence[int]) -> None:
-    """Gives ``module`` its ``qconfig``, ``weight_quantizer`` and ``input_quantizer``."""
+def attach_quantizers(module: nn.Module, qconfig: QConfig, weight_shape: Sequence[int],
+                      quantize_input: bool = True) -> None:
+    """Gives ``module`` its ``qconfig``, ``weight_quantizer`` and ``input_quantizer``
+    (``None`` without ``quantize_input``: an embedding's indices)."""
     if not isinstance(qconfig, QConfig):
         raise TypeError(f"qconfig must be a quantext.QConfig, got {type(qconfig).__name__}")
     module.qconfig = qconfig
     device = module.weight.device  # a model moved to its device before prepare_qat keeps its quantizers there
     module.weight_quantizer = None if qconfig.weight is None else \
         Quantizer(qconfig.weight, weight_shape, role="weight").to(device)
-    module.input_quantizer = None if qconfig.activation is None else Quantizer(qconfig.activation).to(device)
+    module.input_quantizer = None if qconfig.activation is None or not quantize_input else \
+        Quantizer(qconfig.activation).to(device)
 
 
 class QuantConv2d(nn.Conv2d):
