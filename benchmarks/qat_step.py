@@ -17,7 +17,10 @@ takes minutes on a small CPU, so ``--quick`` leaves the compiled rows out
 unless ``--compile`` is given.
 
     python benchmarks/qat_step.py [--quick] [--device cpu|cuda] [--batch N] [--size S] [--[no-]compile]
-                                  [--model NAME]
+                                  [--model NAME] [--profile]
+
+``--profile`` prints instead the torch.profiler table (operators by self time)
+of one FP32 step and one quantext W4A4 step.
 """
 
 from __future__ import annotations
@@ -149,6 +152,25 @@ def run(quick: bool, device: str = "cpu", batch: int = BATCH, size: int = SIZE, 
             f"{note}\n\n" + markdown_table(header, rows) + versus)
 
 
+def profile(device: str, batch: int, size: int, model: str, rows: int = 12) -> str:
+    """torch.profiler tables (by self time) of one FP32 and one quantext W4A4 step, after two warm-up steps."""
+    from torch.profiler import profile as profiler  # noqa: PLC0415
+
+    x = torch.randn(batch, 3, size, size, device=device)
+    y = torch.randint(0, 10, (batch,), device=device)
+    configs = models(x, compile=False, model=model)
+    out = []
+    for name in ("FP32", "quantext W4A4"):
+        step = train_step(configs[name], x, y)
+        step()
+        step()
+        with profiler() as p:
+            step()
+        out.append(f"### {name} step, {model}, batch {batch} at {size}x{size}, {device}\n\n"
+                   + p.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows))
+    return "\n\n".join(out)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
@@ -158,7 +180,11 @@ def main() -> None:
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                         help="add the torch.compile rows (default: on, off with --quick)")
     parser.add_argument("--model", default="resnet18", help="a torchvision classification model (default resnet18)")
+    parser.add_argument("--profile", action="store_true", help="operator profile of one FP32 and one W4A4 step")
     args = parser.parse_args()
+    if args.profile:
+        print(profile(args.device, args.batch, args.size, args.model))
+        return
     print(run(args.quick, args.device, args.batch, args.size, args.compile, args.model))
 
 

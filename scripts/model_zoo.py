@@ -340,7 +340,8 @@ one-step flips at rounding boundaries (ONNX Runtime sums in another order) and
 grow with the quantized model's sensitivity, not with an export error (every
 quantizer verified teacher-forced): the randomly initialized EfficientNets are
 the extreme, their W8A8 outputs move by 3.2 of 10.2 in PyTorch alone for a 1e-6
-relative perturbation of the input.
+relative perturbation of the input (`scripts/zoo_sensitivity.py efficientnet_b0
+w8a8-tensorrt`; ResNet-18: 0.034 of 3.2).
 
 Run on {machine}; torch {torch}, torchvision {torchvision}, onnxruntime {ort}.
 

@@ -28,7 +28,8 @@ KNOWN_FAILURES: dict[tuple[str, str | None], tuple[str, str]] = {}
 KNOWN_FLOAT_LAYERS: dict[str, str] = {}
 # Models whose free-running ONNX Runtime output may drift past the bound although every quantizer verifies
 # teacher-forced: the quantized model is that sensitive in PyTorch itself (EfficientNet-B0 W8A8: a 1e-6 relative
-# input perturbation moves its output by 3.2 of 10.2), so float rounding differences drift the same way.
+# input perturbation moves its output by 3.2 of 10.2: scripts/zoo_sensitivity.py), so float rounding differences
+# drift the same way.
 KNOWN_DRIFT: dict[str, str] = {
     "efficientnet_b0": "random-init EfficientNet: outputs move by 30% for a 1e-6 input perturbation in PyTorch too",
     "efficientnet_v2_s": "random-init EfficientNet: outputs move by 30% for a 1e-6 input perturbation in PyTorch too",
