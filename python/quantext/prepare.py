@@ -23,9 +23,18 @@ see functional adds, so no add quantizers are inserted.
 Attention: ``nn.MultiheadAttention`` and torchvision's Swin
 ``ShiftedWindowAttention`` become :class:`~quantext.nn.QuantMultiheadAttention` /
 ``QuantShiftedWindowAttention`` (every projection a QuantLinear) before tracing;
-inside modules that fx does not trace into (``nn.TransformerEncoder`` and its
-layers are torch.nn modules, hence leaves), Conv2d/Linear layers are swapped by
-the module walk.
+inside modules that fx does not trace into (``nn.TransformerEncoder``/``Decoder``
+and their layers are torch.nn modules, hence leaves), Conv2d/Linear layers are
+swapped by the module walk. Attention matmuls, softmax, norms and activations
+stay float (``docs/attention.md``).
+
+Hugging Face transformers: a ``PreTrainedModel`` (the model itself, or one
+inside the model) is prepared by the module walk, on purpose and without the
+fallback's warning (its forward builds masks and caches from input values,
+which fx cannot trace): ``nn.Linear`` -> ``QuantLinear``, ``nn.Embedding`` ->
+``QuantEmbedding``, and transformers' ``Conv1D`` (GPT-2's transposed Linear) ->
+:class:`~quantext.nn.QuantTransposedLinear`, quantized per output feature. Its
+residual adds stay float; the model keeps its class.
 
 Training mode: fx records ``self.training`` as a constant (torchvision's
 ``stochastic_depth(x, p, mode, self.training)``, ``F.dropout(x, training=
@@ -58,13 +67,14 @@ from torch import nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from .nn import (QuantConv2d, QuantConvBn2d, QuantConvBnReLU2d, QuantEmbedding, QuantLinear, QuantMultiheadAttention,
-                 Quantizer, QuantShiftedWindowAttention)
+                 Quantizer, QuantShiftedWindowAttention, QuantTransposedLinear)
 from .nn.affine import INFERENCE_FORMS
+from .nn.transposed_linear import hf_conv1d_class
 from .spec import QConfig, QuantSpec
 
 _QAT_MODULES = (Quantizer, QuantConv2d, QuantLinear, QuantConvBn2d, QuantEmbedding, QuantMultiheadAttention,
-                QuantShiftedWindowAttention)
-_QAT_LAYERS = (QuantConv2d, QuantLinear, QuantConvBn2d, QuantEmbedding)
+                QuantShiftedWindowAttention, QuantTransposedLinear)
+_QAT_LAYERS = (QuantConv2d, QuantLinear, QuantConvBn2d, QuantEmbedding, QuantTransposedLinear)
 _QAT_LAYER_OF = {nn.Conv2d: QuantConv2d, nn.Linear: QuantLinear, nn.Embedding: QuantEmbedding}
 _ADD_TARGETS = (operator.add, operator.iadd, torch.add)
 _RELU_FUNCTIONS = (F.relu, torch.relu)
@@ -93,9 +103,10 @@ def prepare_qat(model: nn.Module, qconfig: QConfig, example_inputs: tuple | torc
         freeze_bn_after, bn_stats: passed to the BN-folded modules.
 
     Returns a ``torch.fx.GraphModule`` (the input model's own class and methods
-    other than ``forward`` are not kept) or, after the fallback, the model
-    itself. The quantizers start uncalibrated: run :func:`quantext.calibrate`
-    (or :func:`quantext.disable_quant`) before the first forward.
+    other than ``forward`` are not kept) or, for a Hugging Face model and after
+    the fallback, the model itself. The quantizers start uncalibrated: run
+    :func:`quantext.calibrate` (or :func:`quantext.disable_quant`) before the
+    first forward.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
@@ -133,18 +144,7 @@ def prepare_qat(model: nn.Module, qconfig: QConfig, example_inputs: tuple | torc
     notes: dict[str, str] = {}  # layers left in float on request, with the reason
     model = _swap_attention(model, qconfig, skipped)
     holders = list(_weight_holders(model))  # before the swaps: fx drops modules that are never called
-    try:
-        graph = _trace(model, skipped)
-    except Exception as exc:  # noqa: BLE001 (any tracing failure falls back)
-        warnings.warn(f"prepare_qat: torch.fx could not trace {type(model).__name__} ({type(exc).__name__}: {exc}); "
-                      "falling back to module swapping: Conv2d+BatchNorm2d(+ReLU) runs inside nn.Sequential are "
-                      "fused, other Conv2d/Linear layers quantized, but no quantizers are inserted on residual adds",
-                      stacklevel=2)
-        prepared = _prepare_modules(model, qconfig, skipped, first_last_bits, options, notes)
-    else:
-        prepared = _prepare_graph(fx.GraphModule(model, graph, type(model).__name__), qconfig, skipped,
-                                  first_last_bits, example_inputs, options, notes)
-        _prepare_leaves(prepared, qconfig, skipped, options)
+    prepared = _trace_or_walk(model, qconfig, skipped, first_last_bits, example_inputs, options, notes)
     _keep_transformers_off_fast_paths(prepared)
     _inference_form_batchnorms(prepared)
     _share_tied_weight_quantizers(prepared)
@@ -160,6 +160,27 @@ def prepare_qat(model: nn.Module, qconfig: QConfig, example_inputs: tuple | torc
         warnings.warn(f"prepare_qat: {len(report.unexpected)} of {report.total} Conv/Linear/attention/embedding "
                       f"weights of {type(model).__name__} stay in float: {shown}{more}; print(qx.coverage(model)) "
                       "lists them all", stacklevel=2)
+    return prepared
+
+
+def _trace_or_walk(model: nn.Module, qconfig: QConfig, skipped, first_last_bits, example_inputs,
+                   options: dict[str, Any], notes: dict[str, str]) -> nn.Module:
+    """The fx path, or the module walk: for a Hugging Face ``PreTrainedModel``
+    (whose forward builds masks and caches from input values and shapes, which
+    symbolic tracing cannot follow) by design, for other models when tracing fails."""
+    if _hf_pretrained(model):
+        return _prepare_modules(model, qconfig, skipped, first_last_bits, options, notes)
+    try:
+        graph = _trace(model, skipped)
+    except Exception as exc:  # noqa: BLE001 (any tracing failure falls back)
+        warnings.warn(f"prepare_qat: torch.fx could not trace {type(model).__name__} ({type(exc).__name__}: {exc}); "
+                      "falling back to module swapping: Conv2d+BatchNorm2d(+ReLU) runs inside nn.Sequential are "
+                      "fused, other Conv2d/Linear layers quantized, but no quantizers are inserted on residual adds",
+                      stacklevel=3)
+        return _prepare_modules(model, qconfig, skipped, first_last_bits, options, notes)
+    prepared = _prepare_graph(fx.GraphModule(model, graph, type(model).__name__), qconfig, skipped,
+                              first_last_bits, example_inputs, options, notes)
+    _prepare_leaves(prepared, qconfig, skipped, options)
     return prepared
 
 
@@ -230,11 +251,31 @@ def _float_reason(module: nn.Module) -> str | None:
         return None
     if isinstance(module, nn.MultiheadAttention):  # the exact class is swapped unless skipped
         return f"no QAT module for {type(module).__name__} (only nn.MultiheadAttention itself)"
-    if type(module) in _QAT_LAYER_OF:
+    if type(module) in _qat_layer_of():
         return None
     if isinstance(module, (nn.modules.conv._ConvNd, nn.Linear)):
         return f"no QAT module for {type(module).__name__} (only nn.Conv2d and nn.Linear themselves)"
+    if isinstance(module, _hf_types()):
+        return f"no QAT module for {type(module).__name__} (only transformers' Conv1D itself)"
     return None
+
+
+def _qat_layer_of() -> dict[type, type]:
+    """Float layer type -> its QAT class (Hugging Face's Conv1D too, once transformers has loaded it)."""
+    conv1d = hf_conv1d_class()
+    return _QAT_LAYER_OF if conv1d is None else {**_QAT_LAYER_OF, conv1d: QuantTransposedLinear}
+
+
+def _hf_types() -> tuple[type, ...]:
+    """transformers' Conv1D, as an isinstance() tuple (empty when transformers is not loaded)."""
+    conv1d = hf_conv1d_class()
+    return () if conv1d is None else (conv1d,)
+
+
+def _hf_pretrained(module: nn.Module) -> bool:
+    """Whether ``module`` is a Hugging Face ``PreTrainedModel`` (without importing transformers)."""
+    base = getattr(sys.modules.get("transformers.modeling_utils"), "PreTrainedModel", None)
+    return base is not None and isinstance(module, base)
 
 
 def _weight_holders(model: nn.Module) -> Iterable[tuple[str, nn.Module]]:
@@ -245,7 +286,7 @@ def _weight_holders(model: nn.Module) -> Iterable[tuple[str, nn.Module]]:
         if any(path.startswith(p + ".") for p in stop):
             continue
         if isinstance(module, (nn.modules.conv._ConvNd, nn.Linear, nn.Embedding, nn.EmbeddingBag,
-                               nn.MultiheadAttention)):
+                               nn.MultiheadAttention) + _hf_types()):
             stop.append(path)
             yield path, module
 
@@ -331,13 +372,13 @@ def _qconfig_for(layers: list[str], qconfig: QConfig, first_last_bits) -> Callab
 
 def _quant_layer(module: nn.Module, qconfig: QConfig, name: str) -> nn.Module:
     try:
-        return _QAT_LAYER_OF[type(module)].from_float(module, qconfig)
+        return _qat_layer_of()[type(module)].from_float(module, qconfig)
     except ValueError as err:  # a group size that does not divide the weight, ...
         raise ValueError(f"prepare_qat: layer '{name}' ({type(module).__name__}): {err}") from err
 
 
 def _quantizable(module: nn.Module) -> bool:
-    return type(module) in _QAT_LAYER_OF and _float_reason(module) is None
+    return type(module) in _qat_layer_of() and _float_reason(module) is None
 
 
 def _foldable_bn(conv: nn.Module, bn: nn.Module) -> bool:
@@ -352,14 +393,15 @@ def set_module(root: nn.Module, path: str, module: nn.Module) -> None:
 
 
 class _Tracer(fx.Tracer):
-    """Keeps QAT modules and skipped modules opaque."""
+    """Keeps QAT modules, skipped modules and Hugging Face models opaque (the
+    module walk prepares the latter: see :func:`_trace_or_walk`)."""
 
     def __init__(self, skipped: Callable[[str, nn.Module], bool]) -> None:
         super().__init__()
         self._skipped = skipped
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        return (isinstance(m, _QAT_MODULES) or self._skipped(module_qualified_name, m)
+        return (isinstance(m, _QAT_MODULES) or self._skipped(module_qualified_name, m) or _hf_pretrained(m)
                 or super().is_leaf_module(m, module_qualified_name))
 
 
