@@ -54,6 +54,41 @@ def median_seconds(fn: Callable[[], object], repeats: int = 15, warmup: int = 3,
     return statistics.median(times)
 
 
+def fwd_bwd(f: Callable[[], torch.Tensor], grad: torch.Tensor, inputs: tuple) -> Callable[[], None]:
+    """A call of the forward ``f`` and the backward of ``grad`` into ``inputs``."""
+    def run():
+        torch.autograd.grad(f(), inputs, grad)
+    return run
+
+
+def interleaved_medians(fns: dict, repeats: int, device: str, warmup: int = 2) -> dict:
+    """Median seconds of each function, timed in rounds that call every
+    function once, so that load from other processes hits all alike and the
+    ratios stay meaningful on a shared machine."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times = {name: [] for name in fns}
+    for _ in range(repeats):
+        if device == "cuda":
+            events = {}
+            for name, fn in fns.items():
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                fn()
+                end.record()
+                events[name] = (start, end)
+            torch.cuda.synchronize()
+            for name, (start, end) in events.items():
+                times[name].append(start.elapsed_time(end) / 1e3)
+            continue
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
 def machine() -> str:
     """One line naming the machine the numbers come from."""
     cpu = platform.processor() or platform.machine()

@@ -19,14 +19,13 @@ forward, which benchmarks/gpu.py measures on its own.
 from __future__ import annotations
 
 import os
-import statistics
 import sys
-import time
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import machine, markdown_table, median_seconds, size_sweep_main, sizes  # noqa: E402
+from common import (fwd_bwd, interleaved_medians, machine, markdown_table, median_seconds,  # noqa: E402
+                    size_sweep_main, sizes)
 
 import quantext as qx  # noqa: E402
 from quantext.functional import fake_quant_levels  # noqa: E402
@@ -43,40 +42,6 @@ def apot_reference(x: torch.Tensor, alpha: torch.Tensor, levels: torch.Tensor) -
     idx = (data.abs().unsqueeze(-1) - levels).abs().argmin(dim=-1)
     q = levels[idx] * data.sign()
     return ((q - data).detach() + data) * alpha
-
-
-def fwd_bwd(f, grad, inputs):
-    def run():
-        torch.autograd.grad(f(), inputs, grad)
-    return run
-
-
-def interleaved_medians(fns: dict, repeats: int, device: str, warmup: int = 2) -> dict:
-    """Median seconds of each function, timed in rounds that call every
-    function once, so that load from other processes hits all alike and the
-    ratios stay meaningful on a shared machine."""
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    times = {name: [] for name in fns}
-    for _ in range(repeats):
-        if device == "cuda":
-            events = {}
-            for name, fn in fns.items():
-                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                start.record()
-                fn()
-                end.record()
-                events[name] = (start, end)
-            torch.cuda.synchronize()
-            for name, (start, end) in events.items():
-                times[name].append(start.elapsed_time(end) / 1e3)
-            continue
-        for name, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t0)
-    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def measure(n: int, repeats: int, device: str) -> list[list[object]]:

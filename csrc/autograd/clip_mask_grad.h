@@ -8,14 +8,12 @@
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/autograd.h>
 
+#include <utility>
 #include <vector>
 
 namespace quantext {
 
-// The mask's element order: the memory order of the op's canonical input,
-// x's own layout when it is dense, row-major otherwise.
-inline std::vector<c10::SymInt> clip_mask_strides(const at::Tensor& x) {
-  if (x.is_non_overlapping_and_dense()) return x.sym_strides().vec();
+inline std::vector<c10::SymInt> row_major_strides(const at::Tensor& x) {
   std::vector<c10::SymInt> strides(x.dim());
   c10::SymInt step = 1;
   for (int64_t d = x.dim() - 1; d >= 0; --d) {
@@ -25,9 +23,21 @@ inline std::vector<c10::SymInt> clip_mask_strides(const at::Tensor& x) {
   return strides;
 }
 
-inline void save_clip_mask(torch::autograd::AutogradContext* ctx, const at::Tensor& x, const at::Tensor& mask) {
+// The mask's element order: the memory order of the op's canonical input,
+// x's own layout when it is dense, row-major otherwise.
+inline std::vector<c10::SymInt> clip_mask_strides(const at::Tensor& x) {
+  return x.is_non_overlapping_and_dense() ? x.sym_strides().vec() : row_major_strides(x);
+}
+
+// Saves the mask whose bits follow the element order of `strides`.
+inline void save_clip_mask(torch::autograd::AutogradContext* ctx, const at::Tensor& mask,
+                           std::vector<c10::SymInt> strides) {
   ctx->save_for_backward({mask});
-  ctx->saved_data["mask_strides"] = clip_mask_strides(x);
+  ctx->saved_data["mask_strides"] = std::move(strides);
+}
+
+inline void save_clip_mask(torch::autograd::AutogradContext* ctx, const at::Tensor& x, const at::Tensor& mask) {
+  save_clip_mask(ctx, mask, clip_mask_strides(x));
 }
 
 // dx = grad where the saved mask is set, 0 elsewhere.

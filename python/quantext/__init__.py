@@ -20,7 +20,7 @@ from .functional import fake_quant_uniform, set_value_checks, uniform_bounds
 from .model_calibration import CalibrationReport, calibrate, calibration_report
 from .prepare import Coverage, coverage, prepare_qat
 from .qat import disable_quant, enable_quant, freeze_bn, quantizers
-from .schemes import apot_decode_table, dequantize, fake_quant, levels, quantize
+from .schemes import apot_decode_table, dequantize, dynamic_qparams, fake_quant, levels, quantize
 from .spec import QConfig, QuantSpec
 
 __version__ = "0.1.0"
@@ -45,5 +45,5 @@ __all__ += ["nn", "QuantSpec", "QConfig", "prepare_qat", "calibrate", "freeze_bn
             "disable_quant", "quantizers", "coverage", "Coverage", "calibration_report", "CalibrationReport"]
 __all__ += ["export", "export_onnx"]
 __all__ += ["calibration", "histogram", "magnitude_histogram", "compute_clip", "aciq_ratio", "HistogramObserver"]
-__all__ += ["fake_quant", "quantize", "dequantize", "levels", "apot_decode_table"]
+__all__ += ["fake_quant", "quantize", "dequantize", "dynamic_qparams", "levels", "apot_decode_table"]
 __all__ += ["save_checkpoint", "load_checkpoint", "CheckpointError"]

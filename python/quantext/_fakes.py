@@ -115,6 +115,54 @@ def _fake_quant_uniform_backward_fake(grad, x, scale, zero_point, qmin, qmax, ax
     return torch.empty_like(x), torch.empty_like(scale), torch.empty_like(scale)
 
 
+# ------------------------------------------------------------------ dynamic uniform
+_DYNAMIC_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def _dynamic_outputs(op: str, x, qmin, qmax, symmetric, per_token, min_scale):
+    """The checks of prepare_dynamic (csrc/ops/dynamic.cpp) and the parameter tensors."""
+    check_real(op, x=x)
+    if x.dtype not in _DYNAMIC_DTYPES:
+        raise TypeError(f"quantext.{op}: input must be float16, bfloat16, float32 or float64, got dtype {x.dtype}")
+    if not qmin < qmax:
+        raise ValueError(f"quantext.{op}: a dynamic grid needs qmin < qmax, got qmin={qmin}, qmax={qmax}")
+    if qmin < -65536 or qmax > 65535:
+        raise ValueError(f"quantext.{op}: the integer range [{qmin}, {qmax}] is wider than 16 bits")
+    if symmetric and not qmin < 0 < qmax:
+        raise ValueError(f"quantext.{op}: symmetric=True needs a signed range (qmin < 0 < qmax), got [{qmin}, {qmax}]")
+    if not (math.isfinite(min_scale) and 2.0 ** -126 <= min_scale <= torch.finfo(torch.float32).max):
+        raise ValueError(f"quantext.{op}: min_scale must be finite and in [2^-126, float32 max], got {min_scale}")
+    if per_token and x.dim() == 0:
+        raise ValueError(f"quantext.{op}: per_token=True needs an input with a last dimension")
+    shape = x.shape[:-1] + (1,) if per_token else ()
+    dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    return x.new_empty(shape, dtype=dtype), x.new_empty(shape, dtype=torch.int32)
+
+
+def _dynamic_values(x, per_token):
+    """Per token the kernels write row-major outputs; per tensor, in a dense input's own layout."""
+    dense = not per_token and is_non_overlapping_and_dense(x)
+    return torch.empty_like(x) if dense else torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+@torch.library.register_fake("quantext::fake_quant_dynamic")
+def _fake_quant_dynamic_fake(x, qmin, qmax, symmetric=True, per_token=True, min_scale=1e-8):
+    _dynamic_outputs("fake_quant_dynamic", x, qmin, qmax, symmetric, per_token, min_scale)
+    return _dynamic_values(x, per_token)
+
+
+@torch.library.register_fake("quantext::fake_quant_dynamic_masked")
+def _fake_quant_dynamic_masked_fake(x, qmin, qmax, symmetric, per_token, min_scale):
+    scale, zero_point = _dynamic_outputs("fake_quant_dynamic_masked", x, qmin, qmax, symmetric, per_token, min_scale)
+    mask = x.new_empty(((x.numel() + 31) // 32,), dtype=torch.int32)
+    return _dynamic_values(x, per_token), mask, scale, zero_point
+
+
+@torch.library.register_fake("quantext::dynamic_qparams")
+def _dynamic_qparams_fake(x, qmin, qmax, symmetric=True, per_token=True, min_scale=1e-8):
+    return _dynamic_outputs("dynamic_qparams", x, qmin, qmax, symmetric, per_token, min_scale)
+
+
 # ------------------------------------------------------------------ level tables (PoT / APoT)
 # Every grid has exactly 2^B distinct magnitudes (the C++ builder asserts it).
 @torch.library.register_fake("quantext::levels")

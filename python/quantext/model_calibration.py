@@ -7,6 +7,7 @@ The building blocks (observers, range methods) are in :mod:`quantext.calibration
 
 from __future__ import annotations
 
+import sys
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Iterable
@@ -88,8 +89,12 @@ def calibrate(model: nn.Module, batches: Iterable[Any], method: str | None = Non
     Runs the model in eval mode without gradients, with every quantizer observing
     and fake quantization off (observers see float activations). Under
     ``torch.distributed`` the statistics are reduced across ranks first, so every
-    rank ends with the range of all ranks' data. Afterwards fake quantization is
-    on, observers are off and every module is back in its previous train/eval mode.
+    rank ends with the range of all ranks' data. A model sharded by FSDP2's
+    ``fully_shard`` whose quantizers hold learned parameters is refused (a
+    ValueError): calibrate before sharding (docs/distributed.md). Afterwards
+    fake quantization is on, observers are off and every module is back in its
+    previous train/eval mode. Dynamic quantizers (``QuantSpec(dynamic=True)``)
+    take each input's range and have nothing to calibrate.
 
     Args:
         model: a prepared model (may be wrapped in DDP).
@@ -139,13 +144,32 @@ def calibrate(model: nn.Module, batches: Iterable[Any], method: str | None = Non
     if not hasattr(batches, "__iter__"):
         raise TypeError(f"calibrate: batches must be an iterable of batches, got {type(batches).__name__}")
     name_quantizers(model)
-    qs = [q for _, q in quantizers(model)]
-    if not qs:
+    every = [q for _, q in quantizers(model)]
+    if not every:
         raise ValueError("calibrate: the model has no quantext Quantizer (run qx.prepare_qat first)")
+    qs = [q for q in every if not q.spec.dynamic]  # dynamic ones take each input's range: nothing to calibrate
+    if not qs:
+        return model
+    sharded = _learnable_under_fully_shard(model, qs)
+    if sharded:
+        raise ValueError(f"calibrate: the model is sharded by fully_shard (FSDP2) and {len(sharded)} quantizers hold "
+                         f"learned parameters (e.g. {sharded[0]!r}): their calibrated values would go to unsharded "
+                         "copies that FSDP discards; calibrate before fully_shard (docs/distributed.md)")
     modules = [m for q in qs for m in q.modules()]
     atomic(modules, lambda: _calibrate(model, qs, batches, method, num_batches, progress, bn))
     _warn_findings(calibration_report(model))
     return model
+
+
+def _learnable_under_fully_shard(model: nn.Module, qs: list) -> list[str]:
+    """Names of the quantizers with parameters when ``model`` holds an FSDP2
+    module. fully_shard replaces parameters by shards and all-gathered copies
+    that it frees or overwrites, so calibrated values written into whichever
+    is registered are lost (buffers it leaves alone)."""
+    fsdp = sys.modules.get("torch.distributed.fsdp")  # not imported: nothing can be sharded
+    if fsdp is None or not any(isinstance(m, fsdp.FSDPModule) for m in model.modules()):
+        return []
+    return [q.name for q in qs if next(q.parameters(recurse=False), None) is not None]
 
 
 def _untrained(bn: _BatchNorm) -> bool:

@@ -30,10 +30,11 @@ import torch
 
 from ._ops import ops
 from .functional import bool_arg, int_arg, lsq_grad_factor, tensor_arg, weight_normalize
-from .spec import QuantSpec
+from .spec import MIN_SCALE, QuantSpec
 
 _FAKE_QUANT_UNIFORM = ops.fake_quant_uniform.default
 _FAKE_QUANT_LEVELS = ops.fake_quant_levels.default
+_FAKE_QUANT_DYNAMIC = ops.fake_quant_dynamic.default
 
 
 def _scheme_arg(scheme: Any) -> str:
@@ -85,7 +86,14 @@ def _param(value: torch.Tensor | float | None, name: str, spec: QuantSpec, x: to
 def _check_unused(spec: QuantSpec, **params) -> None:
     for name, value in params.items():
         if value is not None:
-            raise ValueError(f"{name} is not a parameter of scheme={spec.scheme!r}")
+            raise ValueError(f"{name} is not a parameter of "
+                             f"{'a dynamic spec (computed from x)' if spec.dynamic else f'scheme={spec.scheme!r}'}")
+
+
+def _check_static(spec: QuantSpec, what: str) -> None:
+    if spec.dynamic:
+        raise ValueError(f"{what} takes a static spec: a dynamic spec's parameters differ with every input "
+                         "(qx.dynamic_qparams(x, spec) returns those of x)")
 
 
 def _check_spec(spec: QuantSpec) -> None:
@@ -129,7 +137,7 @@ def _normalized(x: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
 
 def fake_quant(x: torch.Tensor, spec: QuantSpec, scale: torch.Tensor | float | None = None,
                zero_point: torch.Tensor | int | None = None,
-               alpha: torch.Tensor | float | None = None) -> torch.Tensor:
+               alpha: torch.Tensor | float | None = None, *, min_scale: float = MIN_SCALE) -> torch.Tensor:
     """Fake-quantize ``x`` as ``spec`` describes (autograd-aware).
 
     Uniform takes ``scale`` (and ``zero_point``, zero when omitted for a
@@ -139,16 +147,41 @@ def fake_quant(x: torch.Tensor, spec: QuantSpec, scale: torch.Tensor | float | N
     ``alpha`` (see :func:`quantext.functional.fake_quant_levels`); with
     ``spec.weight_norm`` the input is first normalized by
     :func:`quantext.functional.weight_normalize` (per ``spec.axis`` when per
-    channel). Numbers are accepted for per-tensor parameters.
+    channel). Numbers are accepted for per-tensor parameters. A dynamic spec
+    takes no parameters: they are computed from ``x`` (see
+    :func:`dynamic_qparams`), scales at least ``min_scale``.
     """
     _check_spec(spec)
     x = tensor_arg("x", x)
-    return _fake_quant(x, spec, scale, zero_point, alpha, checked=True)
+    return _fake_quant(x, spec, scale, zero_point, alpha, checked=True, min_scale=_min_scale(min_scale))
+
+
+def _min_scale(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"min_scale must be a number, got {value!r}")
+    return float(value)
+
+
+def dynamic_qparams(x: torch.Tensor, spec: QuantSpec, *, min_scale: float = MIN_SCALE
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``(scale, zero_point)`` a dynamic ``spec`` quantizes ``x`` with:
+    float32 (float64 for a float64 ``x``) and int32, shape ``x.shape[:-1] + (1,)``
+    per token (broadcasting against ``x``), ``()`` per tensor."""
+    _check_spec(spec)
+    if not spec.dynamic:
+        raise ValueError("dynamic_qparams needs a dynamic spec (dynamic=True)")
+    x = tensor_arg("x", x)
+    qmin, qmax = spec.bounds
+    return ops.dynamic_qparams(x, qmin, qmax, spec.symmetric, spec.granularity == "token", _min_scale(min_scale))
 
 
 def _fake_quant(x: torch.Tensor, spec: QuantSpec, scale=None, zero_point=None, alpha=None,
-                checked: bool = False) -> torch.Tensor:
+                checked: bool = False, min_scale: float = MIN_SCALE) -> torch.Tensor:
     """:func:`fake_quant` without the argument checks the Quantizer module has made once (its forward)."""
+    if spec.dynamic:
+        _check_unused(spec, scale=scale, zero_point=zero_point, alpha=alpha)
+        qmin, qmax = spec.bounds
+        return _FAKE_QUANT_DYNAMIC(x, qmin, qmax, spec.symmetric, spec.granularity == "token", min_scale)
     if spec.scheme == "uniform":
         s, z = _uniform_params(x, spec, scale, zero_point, alpha, checked)
         qmin, qmax = spec.bounds
@@ -167,6 +200,7 @@ def quantize(x: torch.Tensor, spec: QuantSpec, scale: torch.Tensor | float | Non
     differentiable. With ``spec.weight_norm`` the codes are those of the
     normalized input."""
     _check_spec(spec)
+    _check_static(spec, "quantize")
     x = tensor_arg("x", x)
     if spec.scheme == "uniform":
         s, z = _uniform_params(x, spec, scale, zero_point, alpha)
@@ -185,6 +219,7 @@ def dequantize(codes: torch.Tensor, spec: QuantSpec, scale: torch.Tensor | float
     for CPU codes; codes of another grid would decode to values the spec
     cannot produce)."""
     _check_spec(spec)
+    _check_static(spec, "dequantize")
     codes = tensor_arg("codes", codes)
     if spec.scheme == "uniform":
         s, z = _uniform_params(codes, spec, scale, zero_point, alpha)

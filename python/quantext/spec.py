@@ -9,12 +9,16 @@ import dataclasses
 from dataclasses import dataclass, field
 
 SCHEMES = ("uniform", "pot", "apot")
-GRANULARITIES = ("tensor", "channel", "group")
+GRANULARITIES = ("tensor", "channel", "group", "token")
 CALIBRATION_METHODS = ("max", "percentile", "mse", "entropy", "aciq")
 ROUNDINGS = ("nearest", "log")
 BACKENDS = ("tensorrt", "onnxruntime")
 UNIFORM_BITS = (2, 16)
 """Widths of a uniform grid, inclusive."""
+MIN_SCALE = 1e-8
+"""Default floor of a computed scale / clipping value: an all-zero (or constant
+zero) tensor gets this scale instead of 0, and learned values are projected
+onto ``>= min_scale`` in the forward pass."""
 
 
 def grid_bounds(bits: int, signed: bool, narrow_range: bool) -> tuple[int, int]:
@@ -52,8 +56,21 @@ class QuantSpec:
         narrow_range: uniform signed only: drop ``-2^(b-1)`` so the grid is
             symmetric (what TensorRT uses for weights).
         granularity: ``"tensor"``, ``"channel"`` (one scale per index of
-            ``axis``) or ``"group"`` (``group_size`` consecutive elements along
-            ``axis`` share one scale).
+            ``axis``), ``"group"`` (``group_size`` consecutive elements along
+            ``axis`` share one scale) or, for dynamic specs, ``"token"`` (one
+            scale per row over the last dimension: per token of a
+            ``[batch, sequence, features]`` activation).
+        dynamic: uniform activations only: the scale (and zero point) are
+            computed from each input as it is quantized, from its range (per
+            tensor or per token), by one fused op (``torch.ops.quantext.
+            fake_quant_dynamic``): nothing to calibrate, no state. The rule is
+            that of a static ``"max"`` range: symmetric ``max|x| / qmax``,
+            asymmetric ``(max(x, 0) - min(x, 0)) / (qmax - qmin)`` with zero
+            point ``qmin - round(min(x, 0) / scale)``; non-finite values do not
+            widen the range. Gradients: the clipped straight-through estimator
+            (the scale is not differentiated through). A symmetric dynamic spec
+            is signed; non-negative data take ``symmetric=False`` (zero point
+            ``qmin``: the same grid).
         learnable: the scale (LSQ) / zero point (LSQ+, asymmetric) / clipping
             value ``alpha`` (PoT/APoT) is an ``nn.Parameter``.
         calibration: range method used by :func:`quantext.calibrate`.
@@ -88,6 +105,7 @@ class QuantSpec:
     rounding: str = "nearest"
     weight_norm: bool = False
     sign_from_data: bool = False
+    dynamic: bool = False
 
     def __post_init__(self) -> None:
         _choice("scheme", self.scheme, SCHEMES)
@@ -96,7 +114,8 @@ class QuantSpec:
         _choice("rounding", self.rounding, ROUNDINGS)
         for name in ("bits", "axis", "k") + (("group_size",) if self.group_size is not None else ()):
             _typed(name, getattr(self, name), int)
-        for name in ("signed", "symmetric", "narrow_range", "learnable", "weight_norm", "sign_from_data"):
+        for name in ("signed", "symmetric", "narrow_range", "learnable", "weight_norm", "sign_from_data",
+                     "dynamic"):
             _typed(name, getattr(self, name), bool)
         if isinstance(self.percentile, bool) or not isinstance(self.percentile, (int, float)):
             raise TypeError(f"percentile must be a number, got {self.percentile!r}")
@@ -132,10 +151,30 @@ class QuantSpec:
                 raise ValueError("sign_from_data=True needs narrow_range=False (an unsigned grid has no narrow range)")
             if self.bits < 2:
                 raise ValueError(f"sign_from_data=True needs bits >= 2 (the signed grid), got bits={self.bits}")
+        if self.dynamic:
+            self._check_dynamic()
+        elif self.granularity == "token":
+            raise ValueError("granularity='token' is for dynamic specs (dynamic=True): a static scale per token "
+                             "would only fit the tokens it was calibrated on")
         # Constants of every op call, derived once (not fields: equality and replace() ignore them).
         bounds = grid_bounds(self.bits, self.signed, self.narrow_range) if self.scheme == "uniform" else None
         object.__setattr__(self, "_bounds", bounds)
-        object.__setattr__(self, "_axis", None if self.granularity == "tensor" else self.axis)
+        object.__setattr__(self, "_axis", None if self.granularity in ("tensor", "token") else self.axis)
+
+    def _check_dynamic(self) -> None:
+        if self.scheme != "uniform":
+            raise ValueError(f"dynamic=True is defined for scheme='uniform', got scheme={self.scheme!r}")
+        if self.granularity not in ("tensor", "token"):
+            raise ValueError(f"dynamic=True takes granularity='tensor' or 'token', got {self.granularity!r}")
+        for name in ("learnable", "sign_from_data", "weight_norm"):
+            if getattr(self, name):
+                raise ValueError(f"dynamic=True computes its parameters from each input: {name}=True does not apply")
+        if self.symmetric and not self.signed:
+            raise ValueError("dynamic=True with symmetric=True needs signed=True; for non-negative data use "
+                             "symmetric=False (its zero point is then qmin: the same grid)")
+        if self.calibration != "max":
+            raise ValueError(f"dynamic=True takes each input's own range (calibration='max'), got "
+                             f"calibration={self.calibration!r}")
 
     def replace(self, **changes) -> "QuantSpec":
         """A copy with some fields changed (validated again)."""
@@ -143,7 +182,8 @@ class QuantSpec:
 
     @property
     def per_channel_axis(self) -> int | None:
-        """The axis of per-channel/per-group parameters, or ``None`` per tensor."""
+        """The axis of per-channel/per-group parameters, or ``None`` per tensor
+        (and for dynamic specs, whose parameters are not state)."""
         return self._axis
 
     @property
@@ -159,6 +199,14 @@ def default_weight_spec(bits: int = 8, scheme: str = "uniform") -> QuantSpec:
     """Per-output-channel signed symmetric weights (narrow range for uniform)."""
     return QuantSpec(scheme=scheme, bits=bits, signed=True, symmetric=True, narrow_range=scheme == "uniform",
                      granularity="channel", axis=0)
+
+
+def dynamic_activation_spec(bits: int = 8, per_token: bool = True, symmetric: bool = True) -> QuantSpec:
+    """Dynamic activations: ``bits``-bit uniform, scale (and zero point) from each
+    input's range per token (per row over the last dimension) or per tensor;
+    signed symmetric, or unsigned asymmetric with ``symmetric=False``."""
+    return QuantSpec(bits=bits, signed=symmetric, symmetric=symmetric, granularity="token" if per_token else "tensor",
+                     calibration="max", dynamic=True)
 
 
 def default_activation_spec(bits: int = 8, scheme: str = "uniform", signed: bool = True,
@@ -195,9 +243,13 @@ class QConfig:
             value = getattr(self, name)
             if value is not None and not isinstance(value, QuantSpec):
                 raise TypeError(f"QConfig.{name} must be a QuantSpec or None, got {type(value).__name__}")
-        if self.activation is not None and self.activation.granularity != "tensor":
-            raise ValueError("QConfig.activation must be per tensor (granularity='tensor'): per-channel "
-                             "activations cannot be exported to TensorRT or ONNX Runtime integer kernels")
+        if self.weight is not None and self.weight.dynamic:
+            raise ValueError("QConfig.weight cannot be dynamic (dynamic=True is for activations): a weight's scale "
+                             "is state, calibrated or learned")
+        if self.activation is not None and self.activation.granularity not in ("tensor", "token"):
+            raise ValueError("QConfig.activation must be per tensor (granularity='tensor'), or per token when "
+                             "dynamic: per-channel activations cannot be exported to TensorRT or ONNX Runtime "
+                             "integer kernels")
 
     @classmethod
     def uniform(cls, bits: int = 8, act_bits: int | None = None, backend: str = "tensorrt",
@@ -235,6 +287,22 @@ class QConfig:
             raise ValueError(f"QConfig.weight_only: bits must be an int in [2, 8], got {bits!r}")
         return cls(weight=QuantSpec(bits=bits, granularity="group", axis=1, group_size=group_size,
                                     learnable=learnable, calibration="max"), activation=None)
+
+    @classmethod
+    def int8_dynamic(cls, weight_bits: int = 8, per_token: bool = True, symmetric: bool = True) -> "QConfig":
+        """W``weight_bits`` (per output channel) with dynamic int8 activations,
+        per token by default (:func:`dynamic_activation_spec`)."""
+        return cls(default_weight_spec(weight_bits), dynamic_activation_spec(8, per_token, symmetric))
+
+    @classmethod
+    def int8_dynamic_int4_weight(cls, group_size: int = 32, learnable: bool = False, per_token: bool = True,
+                                 symmetric: bool = True) -> "QConfig":
+        """int4 weights per group of ``group_size`` along the input dimension
+        (:meth:`weight_only`) with dynamic int8 activations per token (torchao's
+        ``Int8DynamicActivationInt4WeightConfig``; ``symmetric=False`` for uint8
+        with a zero point)."""
+        return cls(weight=cls.weight_only(4, group_size, learnable).weight,
+                   activation=dynamic_activation_spec(8, per_token, symmetric))
 
     @classmethod
     def int4_weight_only(cls, group_size: int = 128, learnable: bool = False) -> "QConfig":

@@ -46,6 +46,13 @@ def _cases(device: str):
         "dequantize_uniform": (ops.dequantize_uniform.default, (codes, s, z, 1, 0)),
         "quantize_levels": (ops.quantize_levels.default, (x, alpha, "apot", 4, True, 2, "nearest", 1)),
         "dequantize_levels": (ops.dequantize_levels.default, (level_codes, alpha, "apot", 4, True, 2, 1)),
+        "fake_quant_dynamic per token": (ops.fake_quant_dynamic.default, (xg, -128, 127, True, True, 1e-8)),
+        "fake_quant_dynamic per tensor": (ops.fake_quant_dynamic.default, (xg, 0, 255, False, False, 1e-8)),
+        "fake_quant_dynamic channels_last": (ops.fake_quant_dynamic.default,
+                                             (xg.detach().unsqueeze(0).to(memory_format=torch.channels_last)
+                                              .requires_grad_(), -8, 7, True, False, 1e-8)),
+        "fake_quant_dynamic_masked": (ops.fake_quant_dynamic_masked.default, (x, 0, 15, False, True, 1e-8)),
+        "dynamic_qparams": (ops.dynamic_qparams.default, (x, -128, 127, True, True, 1e-8)),
         "histogram": (ops.histogram.default, (x, 16, torch.tensor(-1.0, device=device),
                                               torch.tensor(1.0, device=device))),
         "magnitude_histogram": (ops.magnitude_histogram.default, (x, 16, torch.full((6,), 2.0, device=device), 1)),

@@ -16,6 +16,7 @@ from torch import nn
 from . import op_rules, qdq_rules
 from .graph import describe
 from .module_checks import check_modules
+from .integer_matmul import integer_matmuls
 from .onnxruntime_rules import check_onnxruntime_rules
 from .record import write_record
 from .verify import VerificationReport, verify_onnx
@@ -89,6 +90,7 @@ def export_onnx(
     input_names: Sequence[str] | None = None,
     output_names: Sequence[str] | None = None,
     dynamic_batch: bool = False,
+    integer_matmul: bool = False,
 ) -> ExportedPath:
     """Exports a converted quantext model to ONNX in QDQ form.
 
@@ -109,6 +111,11 @@ def export_onnx(
             with the PyTorch model (see :func:`quantext.export.verify_onnx`).
         input_names, output_names: names of the graph inputs and outputs.
         dynamic_batch: make dimension 0 of every input symbolic.
+        integer_matmul: write the products of dynamically quantized inputs
+            with int8 weights as ``MatMulInteger`` (ONNX Runtime's integer
+            path for dynamic quantization; :mod:`quantext.export.integer_matmul`)
+            instead of QDQ, which ONNX Runtime computes in float when the scale
+            is computed at run time. TensorRT reads only QDQ.
 
     Returns:
         ``path`` as a string (an :class:`ExportedPath`) whose ``.verification``
@@ -145,7 +152,10 @@ def export_onnx(
                                      custom_translation_table=op_rules.translation_table(),
                                      input_names=input_names, output_names=output_names)
         proto = exported.model_proto
-        write_record(proto, qdq_rules.lower(proto))
+        record = qdq_rules.lower(proto)
+        if integer_matmul:
+            integer_matmuls(proto, record)
+        write_record(proto, record)
         _check(proto)
         for issue in check_onnxruntime_rules(proto):
             warnings.warn(issue, stacklevel=2)

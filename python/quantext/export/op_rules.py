@@ -23,6 +23,7 @@ from ..schemes import levels
 DOMAIN = "quantext"
 UNIFORM = "FakeQuantUniform"
 LEVELS = "FakeQuantLevels"
+DYNAMIC = "FakeQuantDynamic"
 PER_TENSOR = -1  # ``axis`` attribute value of a per-tensor quantizer
 
 _FLOATS = ["tensor(float)", "tensor(float16)", "tensor(bfloat16)", "tensor(double)"]
@@ -111,6 +112,16 @@ def _translate_uniform(opset: Any, call_index: Callable[[], int]) -> Callable[..
     return translate
 
 
+def _translate_dynamic(opset: Any, call_index: Callable[[], int]) -> Callable[..., Any]:
+    def translate(*args: Any, **kwargs: Any) -> Any:
+        a = bind(torch.ops.quantext.fake_quant_dynamic.default, args, kwargs)
+        return opset.FakeQuantDynamic(a["x"], qmin=a["qmin"], qmax=a["qmax"], symmetric=int(a["symmetric"]),
+                                       per_token=int(a["per_token"]), min_scale=float(a["min_scale"]),
+                                       call_index=call_index())
+
+    return translate
+
+
 def _translate_levels(opset: Any, op: torch._ops.OpOverload, call_index: Callable[[], int]) -> Callable[..., Any]:
     def translate(*args: Any, **kwargs: Any) -> Any:
         d = _LEVELS_OPS[op](bind(op, args, kwargs))
@@ -139,11 +150,17 @@ def _register_schemas() -> None:
         type_constraints=common,
         attributes=[attr("levels", OpSchema.AttrType.FLOATS, ""), attr("signed", ints, ""), attr("axis", ints, ""),
                     attr("call_index", ints, "")]))
+    onnx.defs.register_schema(OpSchema(
+        DYNAMIC, DOMAIN, 1, inputs=[param("x", "T")], outputs=[param("y", "T")], type_constraints=common[:1],
+        attributes=[attr("qmin", ints, ""), attr("qmax", ints, ""), attr("symmetric", ints, ""),
+                    attr("per_token", ints, ""), attr("min_scale", OpSchema.AttrType.FLOAT, ""),
+                    attr("call_index", ints, "")]))
 
 
 def quant_ops() -> list[torch._ops.OpOverload]:
     """Every fake-quant op the exporter translates."""
-    return [torch.ops.quantext.fake_quant_uniform.default, *_LEVELS_OPS]
+    return [torch.ops.quantext.fake_quant_uniform.default, torch.ops.quantext.fake_quant_dynamic.default,
+            *_LEVELS_OPS]
 
 
 def translation_table() -> dict[torch._ops.OpOverload, Callable[..., Any]]:
@@ -158,8 +175,9 @@ def translation_table() -> dict[torch._ops.OpOverload, Callable[..., Any]]:
 
     _register_schemas()
     opset, call_index = values.Opset(DOMAIN, 1), itertools.count().__next__
-    table = {torch.ops.quantext.fake_quant_uniform.default: _translate_uniform(opset, call_index)}
-    table.update({op: _translate_levels(opset, op, call_index) for op in quant_ops()[1:]})
+    table = {torch.ops.quantext.fake_quant_uniform.default: _translate_uniform(opset, call_index),
+             torch.ops.quantext.fake_quant_dynamic.default: _translate_dynamic(opset, call_index)}
+    table.update({op: _translate_levels(opset, op, call_index) for op in _LEVELS_OPS})
     return table
 
 

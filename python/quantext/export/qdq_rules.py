@@ -8,6 +8,11 @@ ONNX operators.
   quantext op itself and stored as an int8/uint8 initializer read by
   ``DequantizeLinear``: the form ONNX Runtime fuses into ``QLinearConv`` /
   ``QLinearMatMul`` and TensorRT reads as int8 weights.
+- Uniform dynamic (scale and zero point from each input): the range reduced in
+  the graph (``ReduceMin``/``ReduceMax`` of the finite values), the scale and
+  zero point computed as the kernel does, then ``QuantizeLinear ->
+  DequantizeLinear`` with them (blocked, one block per row, per token); per
+  tensor uint8 asymmetric as ``DynamicQuantizeLinear``.
 - Level tables (PoT/APoT), constant input: integer codes (``sign * index``)
   decoded by ``Gather`` from a signed codebook of integers ``m`` (the levels
   are ``m / d``), read by ``DequantizeLinear`` with scale ``alpha / d``: the
@@ -55,11 +60,15 @@ class _Emitter:
         self.g, self.origin, self.nodes = g, origin, []
 
     def __call__(self, op_type: str, inputs: list[str], output: str | None = None, **attrs) -> str:
-        out = output or self.g.fresh(f"{self.origin.output[0]}_{op_type.lower()}")
-        node = helper.make_node(op_type, inputs, [out], name=self.g.fresh(f"{self.origin.name}/{op_type}"), **attrs)
+        return self.multi(op_type, inputs, [output or self.g.fresh(f"{self.origin.output[0]}_{op_type.lower()}")],
+                          **attrs)[0]
+
+    def multi(self, op_type: str, inputs: list[str], outputs: list[str], **attrs) -> list[str]:
+        """A node with several outputs."""
+        node = helper.make_node(op_type, inputs, outputs, name=self.g.fresh(f"{self.origin.name}/{op_type}"), **attrs)
         node.metadata_props.extend(self.origin.metadata_props)
         self.nodes.append(node)
-        return out
+        return outputs
 
     def const(self, hint: str, value: np.ndarray) -> str:
         return self.g.add_const(f"{self.origin.output[0]}_{hint}", value)
@@ -106,13 +115,21 @@ def _broadcast_shape(size: int, axis: int | None, rank: int) -> list[int]:
     return [] if axis is None else [size if d == axis else 1 for d in range(rank)]
 
 
-def _rank(g: Graph, node: onnx.NodeProto, name: str) -> int:
+def _shape(g: Graph, name: str) -> list | None:
+    """The dimensions of a tensor (ints, or names of symbolic ones), if known."""
     if g.const(name) is not None:
-        return g.const(name).ndim
+        return list(g.const(name).shape)
     for v in list(g.graph.value_info) + list(g.graph.input) + list(g.graph.output):
         if v.name == name and v.type.tensor_type.HasField("shape"):
-            return len(v.type.tensor_type.shape.dim)
-    raise ValueError(f"{describe(node)}: the rank of a per-channel quantizer's input is unknown")
+            return [d.dim_value if d.HasField("dim_value") else d.dim_param for d in v.type.tensor_type.shape.dim]
+    return None
+
+
+def _rank(g: Graph, node: onnx.NodeProto, name: str) -> int:
+    shape = _shape(g, name)
+    if shape is None:
+        raise ValueError(f"{describe(node)}: the rank of a per-channel quantizer's input is unknown")
+    return len(shape)
 
 
 def _along(p: torch.Tensor, axis: int | None, group_size: int, rank: int) -> torch.Tensor:
@@ -176,6 +193,58 @@ def _lower_uniform(g: Graph, node: onnx.NodeProto, opset: int) -> tuple[list[onn
         emit("DequantizeLinear", [q, s_name, z_name], node.output[0], **qdq_attrs)
     grid = dict(grid="uniform", scale=scale.ravel().tolist(), zero_point=zp.ravel().tolist(), axis=axis,
                 group_size=a["group_size"], param_shape=list(scale.shape) if a["group_size"] else None)
+    return emit.nodes, grid
+
+
+def _lower_dynamic(g: Graph, node: onnx.NodeProto, opset: int) -> tuple[list[onnx.NodeProto], Grid]:
+    """A dynamic quantizer: its scale and zero point computed in the graph from
+    the input, as the quantext kernel does, then QDQ. Per tensor uint8
+    asymmetric is ONNX's own ``DynamicQuantizeLinear`` (the same rule). Per
+    token the computed ``[..., 1]`` scales feed a blocked QuantizeLinear with
+    one block per row (opset 21)."""
+    a = _attrs(node)
+    _check_input_type(g, node)
+    qmin, qmax, symmetric, per_token = a["qmin"], a["qmax"], bool(a["symmetric"]), bool(a["per_token"])
+    grid = dict(grid="dynamic", scale=[], zero_point=[], axis=None,
+                dynamic=dict(qmin=qmin, qmax=qmax, symmetric=symmetric, per_token=per_token,
+                             min_scale=float(a["min_scale"])))
+    emit, x = _Emitter(g, node), node.input[0]
+    if not per_token and not symmetric and (qmin, qmax) == (0, 255):
+        q, s_name, z_name = (g.fresh(f"{node.output[0]}_{hint}") for hint in ("codes", "scale", "zero_point"))
+        emit.multi("DynamicQuantizeLinear", [x], [q, s_name, z_name])
+        emit("DequantizeLinear", [q, s_name, z_name], node.output[0])
+        return emit.nodes, grid
+    itype, ntype, lo_t, hi_t = _int_type(node, qmin, qmax, opset)
+    qdq_attrs, reduce_inputs = {}, []
+    if per_token:
+        shape = _shape(g, x)
+        if opset < 21 or not shape or not isinstance(shape[-1], int):
+            raise ValueError(f"{describe(node)}: per-token dynamic quantization exports as blocked QuantizeLinear "
+                             f"(one block per row), which needs opset >= 21 and a static last dimension (got opset "
+                             f"{opset}, input shape {shape})")
+        qdq_attrs = {"axis": len(shape) - 1, "block_size": shape[-1]}
+        reduce_inputs = [emit.const("axes", np.array([-1], np.int64))]
+    f32 = lambda hint, v: emit.const(hint, np.array(v, np.float32))  # noqa: E731
+    zero = f32("zero", 0.0)
+    # The range of the finite values, widened to hold 0 (math/dynamic_range.h).
+    finite = emit("Where", [emit("Or", [emit("IsNaN", [x]), emit("IsInf", [x])]), zero, x])
+    keep = {"keepdims": int(per_token)}
+    lo = emit("Min", [emit("ReduceMin", [finite] + reduce_inputs, **keep), zero])
+    hi = emit("Max", [emit("ReduceMax", [finite] + reduce_inputs, **keep), zero])
+    if symmetric:
+        step = emit("Div", [emit("Max", [emit("Neg", [lo]), hi]), f32("qmax", qmax)])
+    else:
+        step = emit("Div", [emit("Sub", [hi, lo]), f32("levels", qmax - qmin)])
+    s_name = emit("Max", [step, f32("min_scale", a["min_scale"])])
+    if symmetric:
+        z_name = emit("Cast", [emit("Mul", [s_name, zero])], to=itype)  # zeros of the scale's shape
+    else:
+        z = emit("Sub", [f32("qmin", qmin), emit("Round", [emit("Div", [lo, s_name])])])
+        z_name = emit("Cast", [emit("Clip", [z, f32("qmin_clip", qmin), f32("qmax_clip", qmax)])], to=itype)
+    q = emit("QuantizeLinear", [x, s_name, z_name], **qdq_attrs)
+    if (qmin, qmax) != (lo_t, hi_t):
+        q = emit("Clip", [q, emit.const("qmin", np.array(qmin, ntype)), emit.const("qmax", np.array(qmax, ntype))])
+    emit("DequantizeLinear", [q, s_name, z_name], node.output[0], **qdq_attrs)
     return emit.nodes, grid
 
 
@@ -292,7 +361,7 @@ def _search(emit: _Emitter, a: str, t: np.ndarray) -> str:
     return idx
 
 
-_RULES = {op_rules.UNIFORM: _lower_uniform, op_rules.LEVELS: _lower_levels}
+_RULES = {op_rules.UNIFORM: _lower_uniform, op_rules.LEVELS: _lower_levels, op_rules.DYNAMIC: _lower_dynamic}
 
 
 def _fold_transposed_weights(model: onnx.ModelProto, g: Graph) -> dict[str, tuple[str, list[int]]]:

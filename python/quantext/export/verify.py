@@ -15,6 +15,7 @@ to float tolerance at the outputs.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import tempfile
 from collections import Counter
@@ -43,7 +44,7 @@ class VerificationError(Exception):
 
 # Kernels of ONNX Runtime's optimized CPU graph that compute on integers.
 INT8_KERNELS = ("QLinearConv", "QGemm", "QLinearMatMul", "QLinearAdd", "QLinearMul", "MatMulInteger",
-                "ConvInteger", "MatMulIntegerToFloat", "QLinearGlobalAveragePool", "QLinearAveragePool",
+                "ConvInteger", "MatMulIntegerToFloat", "DynamicQuantizeMatMul", "QLinearGlobalAveragePool", "QLinearAveragePool",
                 "QLinearConcat", "QLinearSigmoid", "QLinearLeakyRelu", "QLinearSoftmax", "QLinearReduceMean")
 # Its float kernels for the layers that a quantized model means to run as integers.
 FLOAT_KERNELS = ("Conv", "FusedConv", "NhwcFusedConv", "Gemm", "FusedGemm", "MatMul", "FusedMatMul")
@@ -145,11 +146,25 @@ class _TeacherForcing(TorchDispatchMode):
         self.calls += 1
         if entry is None or entry.tensor not in self.values:
             return out
+        if entry.dynamic is not None:
+            entry = _with_input_params(entry, args[0])
         got = entry.from_onnx(self.values[entry.tensor]).copy()  # (C order; ascontiguousarray makes 0-dim 1-dim)
         _compare(f"quantizer of module '{entry.module}' (ONNX tensor '{entry.tensor}')",
                  out.detach().cpu().numpy(), got, entry)
         forced = torch.from_numpy(got).to(device=out.device, dtype=out.dtype)
         return forced
+
+
+def _with_input_params(rec: QuantizerRecord, x: torch.Tensor) -> QuantizerRecord:
+    """A dynamic quantizer's record as the uniform grid it rounds ``x`` to."""
+    d = rec.dynamic
+    scale, zero_point = torch.ops.quantext.dynamic_qparams(x, d["qmin"], d["qmax"], d["symmetric"], d["per_token"],
+                                                           d["min_scale"])
+    params = dict(grid="uniform", scale=scale.double().ravel().tolist(), zero_point=zero_point.ravel().tolist(),
+                  dynamic=None)
+    if d["per_token"]:  # one group of the whole last dimension per row
+        params.update(axis=x.dim() - 1, group_size=x.shape[-1], param_shape=list(scale.shape))
+    return dataclasses.replace(rec, **params)
 
 
 def _with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
@@ -214,7 +229,7 @@ def verify_onnx(path: str | os.PathLike, model: nn.Module,
         ref = [r.detach().cpu().numpy() for r in torch.utils._pytree.tree_leaves(model(*args))]
     if len(ref) != len(names):
         raise VerificationError(f"the ONNX model has {len(names)} outputs, the PyTorch model {len(ref)}")
-    steps = {v.tensor: v for v in record.values()}
+    steps = {v.tensor: v for v in record.values() if v.dynamic is None}  # a dynamic output compares as float
     for name, r in zip(names, ref):
         got = values[name]
         _compare(f"output '{name}'", r, got, steps.get(name))

@@ -27,7 +27,8 @@ def quantize_or_identity(quantizer: Quantizer | None, x: torch.Tensor) -> torch.
 def _uniform_scale(quantizer: Quantizer | None, granularities: tuple[str, ...]) -> torch.Tensor | None:
     """The scale a uniform quantizer uses now (detached), or ``None`` when it
     is absent, off, uncalibrated, of another scheme or granularity."""
-    if quantizer is None or quantizer.spec.scheme != "uniform" or quantizer.spec.granularity not in granularities \
+    if quantizer is None or quantizer.spec.scheme != "uniform" or quantizer.spec.dynamic \
+            or quantizer.spec.granularity not in granularities \
             or not (quantizer.enabled and quantizer.calibrated):
         return None
     return quantizer._effective()["scale"].detach()

@@ -51,13 +51,9 @@ from .._thread_lock import ThreadLock, module_lock
 from .._transaction import atomic
 from ..functional import weight_normalize
 from ..schemes import _fake_quant as fake_quant
-from ..spec import QuantSpec
+from ..spec import MIN_SCALE, QuantSpec
 from ._mirrored import MirroredStateMixin
 
-MIN_SCALE = 1e-8
-"""Default floor of a computed scale / clipping value: an all-zero (or constant
-zero) tensor gets this scale instead of 0, and learned values are projected
-onto ``>= min_scale`` in the forward pass."""
 
 
 def param_shape(spec: QuantSpec, shape: Sequence[int]) -> tuple[int, ...]:
@@ -166,7 +162,7 @@ def _project(t: torch.Tensor, lo: float, hi: float | None = None) -> torch.Tenso
 
 
 SPEC_FIELDS = ("scheme", "bits", "signed", "symmetric", "narrow_range", "granularity", "axis", "group_size", "k",
-               "sign_from_data")
+               "sign_from_data", "dynamic")
 """The spec fields a quantizer's saved state depends on (compared when loading)."""
 
 
@@ -235,6 +231,9 @@ class Quantizer(MirroredStateMixin, nn.Module):
             raise ValueError(f"role must be 'weight' or 'activation', got {role!r}")
         if not (math.isfinite(min_scale) and min_scale > 0):
             raise ValueError(f"min_scale must be positive and finite, got {min_scale}")
+        if spec.dynamic and role == "weight":
+            raise ValueError("a weight quantizer cannot be dynamic (dynamic=True is for activations): a weight's "
+                             "scale is state, calibrated or learned")
         if spec.granularity == "group" and spec.calibration != "max":
             raise ValueError("per-group quantizers take their ranges from the tensor itself: use "
                              f"calibration='max', got {spec.calibration!r}")
@@ -242,19 +241,21 @@ class Quantizer(MirroredStateMixin, nn.Module):
         self.role = role
         self.min_scale = float(min_scale)
         self.name = ""  # qualified name in the model, set by prepare_qat/calibrate/convert for messages
-        pshape = param_shape(spec, shape) if shape is not None else (() if spec.granularity == "tensor" else (0,))
-        uniform = spec.scheme == "uniform"
+        pshape = param_shape(spec, shape) if shape is not None and not spec.dynamic else \
+            (() if spec.granularity == "tensor" else (0,))
+        uniform = spec.scheme == "uniform" and not spec.dynamic
         learned_zero_point = spec.learnable and not spec.symmetric
         self._register_state("scale", torch.ones(pshape) if uniform else None, spec.learnable)
         self._register_state("zero_point", (torch.zeros(pshape) if learned_zero_point else
                                             torch.zeros(pshape, dtype=torch.int32)) if uniform else None,
                              learned_zero_point)
-        self._register_state("alpha", None if uniform else torch.ones(pshape), spec.learnable)
-        self._state_names = ("scale", "zero_point") if uniform else ("alpha",)
-        self.observer: Observer = make_observer(spec)
+        self._register_state("alpha", torch.ones(pshape) if spec.scheme != "uniform" else None, spec.learnable)
+        self._state_names = ("scale", "zero_point") if uniform else () if spec.dynamic else ("alpha",)
+        # A dynamic quantizer has no state to calibrate: no observer, ready from the start.
+        self.observer: Observer | None = None if spec.dynamic else make_observer(spec)
         self._register_mirrored("fake_quant_enabled", 1)
         self._register_mirrored("observer_enabled", 0)
-        self._register_mirrored("initialized", 0)
+        self._register_mirrored("initialized", int(spec.dynamic))
         self._lock = ThreadLock()
         self.findings: RangeFindings | None = None  # of the last compute_qparams
         self._warned: set[str] = set()  # finding kinds warned about (once per quantizer)
@@ -304,7 +305,7 @@ class Quantizer(MirroredStateMixin, nn.Module):
 
     @property
     def _lazy(self) -> bool:
-        return self.spec.granularity != "tensor" and self._primary.numel() == 0
+        return self.spec.granularity not in ("tensor", "token") and self._primary.numel() == 0
 
     def _where(self) -> str:
         return f"Quantizer '{self.name}'" if self.name else "Quantizer"
@@ -363,7 +364,13 @@ class Quantizer(MirroredStateMixin, nn.Module):
 
     def reset_observer(self, calibration: str | None = None) -> "Quantizer":
         """Replaces the observer by a fresh one, for ``calibration`` if given
-        (which then also becomes ``spec.calibration``)."""
+        (which then also becomes ``spec.calibration``). A dynamic quantizer has
+        no observer: nothing to reset."""
+        if self.spec.dynamic:
+            if calibration not in (None, "max"):
+                raise ValueError(f"{self._where()}: a dynamic quantizer takes each input's own range, not "
+                                 f"calibration={calibration!r}")
+            return self
         if calibration is not None and calibration != self.spec.calibration:
             self.spec = self.spec.replace(calibration=calibration)
         self.observer = make_observer(self.spec).to(self._primary.device)
@@ -389,6 +396,8 @@ class Quantizer(MirroredStateMixin, nn.Module):
         warning instead) when an unsigned grid without a zero point clips
         negative data, and when a scale or ``alpha`` hit the ``min_scale`` floor.
         """
+        if self.spec.dynamic:
+            raise RuntimeError(f"{self._where()} is dynamic: it computes its parameters from each input")
         if not self.observer.observed:
             raise RuntimeError(f"{self._where()}: compute_qparams needs observed data; run the model with "
                                "observe(True) first (qx.calibrate does)")
@@ -441,8 +450,10 @@ class Quantizer(MirroredStateMixin, nn.Module):
 
         Uniform: ``scale`` (positive, finite) and optionally ``zero_point``
         (default 0; must be 0 for a symmetric spec; integers unless it is a
-        learned LSQ+ zero point). PoT/APoT: ``alpha``.
+        learned LSQ+ zero point). PoT/APoT: ``alpha``. Not for dynamic specs.
         """
+        if self.spec.dynamic:
+            raise ValueError(f"{self._where()} is dynamic: its parameters come from each input, none can be set")
         uniform = self.spec.scheme == "uniform"
         given = {"scale": scale, "zero_point": zero_point, "alpha": alpha}
         needed = ("scale",) if uniform else ("alpha",)
@@ -529,7 +540,7 @@ class Quantizer(MirroredStateMixin, nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"{self._where()}: expected a tensor, got {type(x).__name__}")
-        if self.observing:
+        if self.observing and not self.spec.dynamic:
             self._observe(x)
         if not self.enabled:
             return x
@@ -537,7 +548,7 @@ class Quantizer(MirroredStateMixin, nn.Module):
             raise RuntimeError(f"{self._where()} is used with fake quantization enabled but was never calibrated: "
                                "run qx.calibrate(model, batches) (or call set_qparams), or disable it with "
                                "qx.disable_quant(model) / .disable()")
-        return fake_quant(x, self.spec, **self._effective())
+        return fake_quant(x, self.spec, **self._effective(), min_scale=self.min_scale)
 
     def _observe(self, x: torch.Tensor) -> None:
         if x.is_complex():
