@@ -13,6 +13,7 @@
 // another memory layout give the same sums but for double rounding.
 #pragma once
 
+#include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
 
 #include <array>
@@ -36,11 +37,18 @@ void add_lanes(const std::array<V, K>& t, std::array<double*, K> acc, int64_t of
   if constexpr (std::is_arithmetic_v<V>) {
     for (size_t k = 0; k < K; ++k) acc[k][offset] += t[k];
   } else {
+    // Lane by lane in double vectors: each accumulator takes the same additions in the same order.
     using T = typename V::value_type;
+    using D = at::vec::Vectorized<double>;
+    static_assert(V::size() % D::size() == 0, "a vector of terms fills whole double vectors");
     for (size_t k = 0; k < K; ++k) {
       T lanes[V::size()];
+      double wide[V::size()];
       t[k].store(lanes);
-      for (int64_t j = 0; j < V::size(); ++j) acc[k][offset + j] += lanes[j];
+      at::vec::convert(lanes, wide, V::size());
+      for (int64_t j = 0; j < V::size(); j += D::size()) {
+        (D::loadu(acc[k] + offset + j) + D::loadu(wide + j)).store(acc[k] + offset + j);
+      }
     }
   }
 }
@@ -113,17 +121,17 @@ class ParamPeriod {
 template <typename T, size_t K, size_t S = 0>
 class CycledParams {
  public:
-  explicit CycledParams(const ParamPeriod<T, K>& period) : period_(period) {
+  explicit CycledParams(const ParamPeriod<T, K>& period) : period_(&period) {
     for (size_t k = 0; k < S; ++k) sums_[k].assign(period.period() + ParamPeriod<T, K>::kLanes, 0.0);
   }
 
   template <typename P>
   std::array<typename P::V, K> next() {
     std::array<typename P::V, K> out;
-    for (size_t k = 0; k < K; ++k) out[k] = load<P>(period_.values(k) + position_);
+    for (size_t k = 0; k < K; ++k) out[k] = load<P>(period_->values(k) + position_);
     last_ = position_;
     position_ += lanes_of<P>();
-    while (position_ >= period_.period()) position_ -= period_.period();
+    while (position_ >= period_->period()) position_ -= period_->period();
     return out;
   }
 
@@ -136,8 +144,8 @@ class CycledParams {
 
   // Stores the item's sum of term k for channel c as partials[k * row + item * channels + c].
   void store_sums(double* partials, int64_t row, int64_t item) {
-    const RunLayout& layout = period_.layout();
-    const int64_t n = period_.period();
+    const RunLayout& layout = period_->layout();
+    const int64_t n = period_->period();
     for (size_t k = 0; k < S; ++k) {
       auto& s = sums_[k];
       for (int64_t j = n; j < static_cast<int64_t>(s.size()); ++j) s[j % n] += s[j];
@@ -148,7 +156,7 @@ class CycledParams {
   }
 
  private:
-  const ParamPeriod<T, K>& period_;
+  const ParamPeriod<T, K>* period_;  // a pointer: sources are assignable (cpu/vec_loops.h's with_cursor)
   int64_t position_ = 0, last_ = 0;
   std::array<std::vector<double>, S> sums_;
 };

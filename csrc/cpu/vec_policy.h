@@ -103,7 +103,7 @@ uint32_t lane_bits(const typename P::Mask& m) {
 // body.template operator()<P>(i) for i = 0, W, 2W, ... with the vector policy
 // of T while a vector fits, then for each element of the tail with the scalar one.
 template <typename T, typename Body>
-void for_lanes(int64_t n, const Body& body) {
+C10_ALWAYS_INLINE void for_lanes(int64_t n, const Body& body) {
   constexpr int64_t W = at::vec::Vectorized<T>::size();
   int64_t i = 0;
   for (; i + W <= n; i += W) body.template operator()<VecPolicy<T>>(i);
