@@ -275,18 +275,22 @@ class QConfig:
         return cls(default_weight_spec(bits), activation, int32_bias)
 
     @classmethod
-    def weight_only(cls, bits: int = 4, group_size: int = 128, learnable: bool = False) -> "QConfig":
+    def weight_only(cls, bits: int = 4, group_size: int = 128, learnable: bool = False,
+                    calibration: str = "max") -> "QConfig":
         """Weight-only QAT of transformer layers: ``bits``-bit (2-8) signed
         symmetric weights with one scale per group of ``group_size`` along the
         input dimension (axis 1: a Linear's ``[out, in]`` weight, an embedding
         table's ``[tokens, dim]``, a Conv's input channels), ranges from each
-        group's max, LSQ scales with ``learnable``; activations in float. A
+        group's max or (``calibration="mse"``) the clip of least squared error
+        per group, LSQ scales with ``learnable`` (initialized from those
+        ranges); activations in float. A
         ``group_size`` that does not divide a layer's input dimension makes
         ``prepare_qat`` raise an error naming the layer and its shape."""
         if isinstance(bits, bool) or not isinstance(bits, int) or not 2 <= bits <= 8:
             raise ValueError(f"QConfig.weight_only: bits must be an int in [2, 8], got {bits!r}")
+        _choice("calibration", calibration, ("max", "mse"))
         return cls(weight=QuantSpec(bits=bits, granularity="group", axis=1, group_size=group_size,
-                                    learnable=learnable, calibration="max"), activation=None)
+                                    learnable=learnable, calibration=calibration), activation=None)
 
     @classmethod
     def int8_dynamic(cls, weight_bits: int = 8, per_token: bool = True, symmetric: bool = True) -> "QConfig":
@@ -296,15 +300,15 @@ class QConfig:
 
     @classmethod
     def int8_dynamic_int4_weight(cls, group_size: int = 32, learnable: bool = False, per_token: bool = True,
-                                 symmetric: bool = True) -> "QConfig":
+                                 symmetric: bool = True, calibration: str = "max") -> "QConfig":
         """int4 weights per group of ``group_size`` along the input dimension
         (:meth:`weight_only`) with dynamic int8 activations per token (torchao's
         ``Int8DynamicActivationInt4WeightConfig``; ``symmetric=False`` for uint8
-        with a zero point)."""
-        return cls(weight=cls.weight_only(4, group_size, learnable).weight,
+        with a zero point); ``calibration`` of the weights as in :meth:`weight_only`."""
+        return cls(weight=cls.weight_only(4, group_size, learnable, calibration).weight,
                    activation=dynamic_activation_spec(8, per_token, symmetric))
 
     @classmethod
-    def int4_weight_only(cls, group_size: int = 128, learnable: bool = False) -> "QConfig":
+    def int4_weight_only(cls, group_size: int = 128, learnable: bool = False, calibration: str = "max") -> "QConfig":
         """:meth:`weight_only` at 4 bits (torchao's ``int4_weight_only``)."""
-        return cls.weight_only(4, group_size, learnable)
+        return cls.weight_only(4, group_size, learnable, calibration)

@@ -272,7 +272,7 @@ CASES = [
     case(lambda: Quantizer(QuantSpec(), min_scale=NAN), ValueError, "min_scale must be positive and finite, got nan",
          "quantizer min_scale nan"),
     case(lambda: Quantizer(QuantSpec(granularity="group", group_size=2, calibration="percentile")), ValueError,
-         "per-group quantizers .*use calibration='max', got 'percentile'", "quantizer group percentile"),
+         "per-group quantizers .*use calibration='max' or 'mse', got 'percentile'", "quantizer group percentile"),
     case(lambda: quantizer()(x2d()), RuntimeError, "Quantizer 'act' is used .*but was never calibrated",
          "quantizer before calibration"),
     case(lambda: quantizer().compute_qparams(), RuntimeError, "Quantizer 'act': compute_qparams needs observed data",

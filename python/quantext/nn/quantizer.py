@@ -234,9 +234,9 @@ class Quantizer(MirroredStateMixin, nn.Module):
         if spec.dynamic and role == "weight":
             raise ValueError("a weight quantizer cannot be dynamic (dynamic=True is for activations): a weight's "
                              "scale is state, calibrated or learned")
-        if spec.granularity == "group" and spec.calibration != "max":
+        if spec.granularity == "group" and spec.calibration not in ("max", "mse"):
             raise ValueError("per-group quantizers take their ranges from the tensor itself: use "
-                             f"calibration='max', got {spec.calibration!r}")
+                             f"calibration='max' or 'mse', got {spec.calibration!r}")
         self.spec = spec
         self.role = role
         self.min_scale = float(min_scale)
