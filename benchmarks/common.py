@@ -116,6 +116,13 @@ def sizes(quick: bool, full: bool = False) -> list[int]:
     return [10**k for k in range(4, top + 1)]
 
 
+def size_sweep_table(title: str, header: list[str], measure: Callable[[int, int, str], list[list[object]]],
+                     quick: bool, full: bool, device: str) -> str:
+    """``measure(n, repeats, device)``'s rows over the sizes of :func:`sizes`, as a titled Markdown table."""
+    rows = [row for n in sizes(quick, full) for row in measure(n, 21 if n <= 10**6 else 7, device)]
+    return f"{title}, {device.upper()} ({machine()})\n\n{markdown_table(header, rows)}\n"
+
+
 def size_sweep_main(run: Callable[[bool, bool, str], str], doc: str | None) -> None:
     """Command line of the size-sweep benchmarks: ``[--quick] [--full] [--device D]``, prints ``run``'s report."""
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -22,7 +22,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import fwd_bwd, interleaved_medians, machine, markdown_table, size_sweep_main, sizes  # noqa: E402
+from common import fwd_bwd, interleaved_medians, size_sweep_main, size_sweep_table  # noqa: E402
 
 import quantext as qx  # noqa: E402
 
@@ -84,13 +84,10 @@ def measure(n: int, repeats: int, device: str) -> list[list[object]]:
 
 
 def run(quick: bool = False, full: bool = False, device: str = "cpu") -> str:
-    rows = []
-    for n in sizes(quick, full):
-        rows += measure(n, 21 if n <= 10**6 else 7, device)
-    table = markdown_table(["elements", "per", "grid", "fwd ms", "fwd+bwd ms", "torchao / quantext fwd",
-                            "torchao / quantext fwd+bwd", "composition / quantext fwd",
-                            "composition / quantext fwd+bwd"], rows)
-    return f"Dynamic fake quant, {device.upper()} ({machine()})\n\n{table}\n"
+    return size_sweep_table("Dynamic fake quant", ["elements", "per", "grid", "fwd ms", "fwd+bwd ms",
+                                                   "torchao / quantext fwd", "torchao / quantext fwd+bwd",
+                                                   "composition / quantext fwd", "composition / quantext fwd+bwd"],
+                            measure, quick, full, device)
 
 
 if __name__ == "__main__":

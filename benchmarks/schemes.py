@@ -24,8 +24,8 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import (fwd_bwd, interleaved_medians, machine, markdown_table, median_seconds,  # noqa: E402
-                    size_sweep_main, sizes)
+from common import (fwd_bwd, interleaved_medians, median_seconds, size_sweep_main,  # noqa: E402
+                    size_sweep_table)
 
 import quantext as qx  # noqa: E402
 from quantext.functional import fake_quant_levels  # noqa: E402
@@ -81,13 +81,10 @@ def measure(n: int, repeats: int, device: str) -> list[list[object]]:
 
 
 def run(quick: bool = False, full: bool = False, device: str = "cpu") -> str:
-    rows = []
     qx.set_value_checks(device == "cpu")  # CPU values are checked regardless, at no sync
-    for n in sizes(quick, full):
-        rows += measure(n, 21 if n <= 10**6 else 7, device)
-    table = markdown_table(["elements", "scheme", "bits (signed)", "fwd ms", "fwd+bwd ms", "fwd+bwd GB/s",
-                            "fwd+bwd / uniform", "composition / quantext", "codes / fwd"], rows)
-    return f"PoT / APoT fake quant, {device.upper()} ({machine()})\n\n{table}\n"
+    return size_sweep_table("PoT / APoT fake quant", ["elements", "scheme", "bits (signed)", "fwd ms", "fwd+bwd ms",
+                                                      "fwd+bwd GB/s", "fwd+bwd / uniform", "composition / quantext",
+                                                      "codes / fwd"], measure, quick, full, device)
 
 
 if __name__ == "__main__":

@@ -115,6 +115,44 @@ def _fake_quant_uniform_backward_fake(grad, x, scale, zero_point, qmin, qmax, ax
     return torch.empty_like(x), torch.empty_like(scale), torch.empty_like(scale)
 
 
+# ------------------------------------------------------------------ minifloat (fp)
+def check_fp_args(op: str, x: torch.Tensor, exp_bits: int, man_bits: int, special: str, axis, group_size: int,
+                  grad_factor: float = 1.0) -> None:
+    """The argument checks of ops/fp.cpp that need no values."""
+    if not (exp_bits >= 1 and man_bits >= 0 and 1 + exp_bits + man_bits <= 8):
+        raise ValueError(f"quantext.{op}: exp_bits >= 1, man_bits >= 0 and 1 + exp_bits + man_bits <= 8 are needed, "
+                         f"got exp_bits={exp_bits}, man_bits={man_bits}")
+    if special not in ("ieee", "fn", "finite"):
+        raise ValueError(f"quantext.{op}: special must be 'ieee', 'fn' or 'finite', got {special!r}")
+    if special == "ieee" and exp_bits < 2 or special == "fn" and man_bits < 1:
+        raise ValueError(f"quantext.{op}: special={special!r} does not fit exp_bits={exp_bits}, man_bits={man_bits}")
+    check_uniform_args(op, x, 0, 0, axis, group_size, grad_factor)
+
+
+@torch.library.register_fake("quantext::fake_quant_fp")
+def _fake_quant_fp_fake(x, scale, exp_bits, man_bits, special, axis=None, group_size=0, grad_factor=1.0):
+    check_same_device("fake_quant_fp", x, scale=scale)
+    check_real("fake_quant_fp", x=x, scale=scale)
+    check_fp_args("fake_quant_fp", x, exp_bits, man_bits, special, axis, group_size, grad_factor)
+    return torch.empty_like(x)
+
+
+@torch.library.register_fake("quantext::fake_quant_fp_masked")
+def _fake_quant_fp_masked_fake(x, scale, exp_bits, man_bits, special, axis=None, group_size=0):
+    check_same_device("fake_quant_fp_masked", x, scale=scale)
+    check_fp_args("fake_quant_fp_masked", x, exp_bits, man_bits, special, axis, group_size)
+    return torch.empty_like(x), _clip_mask_fake(x, axis, group_size)
+
+
+@torch.library.register_fake("quantext::fake_quant_fp_backward")
+def _fake_quant_fp_backward_fake(grad, x, scale, exp_bits, man_bits, special, axis, group_size, grad_factor,
+                                 param_grads):
+    check_same_device("fake_quant_fp_backward", x, scale=scale, grad=grad)
+    check_real("fake_quant_fp_backward", grad=grad, x=x, scale=scale)
+    check_fp_args("fake_quant_fp_backward", x, exp_bits, man_bits, special, axis, group_size, grad_factor)
+    return torch.empty_like(x), torch.empty_like(scale)
+
+
 # ------------------------------------------------------------------ dynamic uniform
 _DYNAMIC_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 

@@ -341,13 +341,19 @@ def _skip_predicate(skip: tuple) -> Callable[[str, nn.Module], bool]:
 
 
 def _layer_qconfig(qconfig: QConfig, bits: int, first: bool) -> QConfig:
-    """``qconfig`` at ``bits``-bit uniform (the first/last-layer rule). The first
+    """``qconfig`` at ``bits``-bit uniform (the first/last-layer rule; float
+    formats at FP8 E4M3, with their own scaling). The first
     layer's input is the network input, not a ReLU output, so a symmetric
     activation spec is made signed there."""
 
     def uniform(spec: QuantSpec | None, weight: bool) -> QuantSpec | None:
         if spec is None or spec.scheme == "uniform":
             return spec if spec is None else spec.replace(bits=bits)
+        if spec.scheme == "fp":  # a float format stays one: FP8 (E4M3), scaled as the spec says
+            if bits != 8:
+                raise ValueError(f"prepare_qat: first_last_bits={bits} with scheme='fp' specs: use 8 (E4M3), "
+                                 "'float' or None")
+            return spec.replace(bits=8, exp_bits=4, fp_special="auto")
         # Every field uniform shares (calibration, percentile, sign_from_data, ...) is kept.
         return spec.replace(scheme="uniform", bits=bits, k=2, rounding="nearest", weight_norm=False,
                             narrow_range=weight and spec.signed and not spec.sign_from_data)

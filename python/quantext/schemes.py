@@ -29,12 +29,14 @@ from typing import Any
 import torch
 
 from ._ops import ops
+from .block_scales import block_scales
 from .functional import bool_arg, int_arg, lsq_grad_factor, tensor_arg, weight_normalize
 from .spec import MIN_SCALE, QuantSpec
 
 _FAKE_QUANT_UNIFORM = ops.fake_quant_uniform.default
 _FAKE_QUANT_LEVELS = ops.fake_quant_levels.default
 _FAKE_QUANT_DYNAMIC = ops.fake_quant_dynamic.default
+_FAKE_QUANT_FP = ops.fake_quant_fp.default
 
 
 def _scheme_arg(scheme: Any) -> str:
@@ -91,6 +93,9 @@ def _check_unused(spec: QuantSpec, **params) -> None:
 
 
 def _check_static(spec: QuantSpec, what: str) -> None:
+    if spec.scheme == "fp":
+        raise ValueError(f"{what}: scheme='fp' has no integer code format here; its values are "
+                         "qx.fake_quant(x, spec, scale=...) (torch.float8_e4m3fn / e5m2 casts hold the FP8 bits)")
     if spec.dynamic:
         raise ValueError(f"{what} takes a static spec: a dynamic spec's parameters differ with every input "
                          "(qx.dynamic_qparams(x, spec) returns those of x)")
@@ -178,10 +183,21 @@ def dynamic_qparams(x: torch.Tensor, spec: QuantSpec, *, min_scale: float = MIN_
 def _fake_quant(x: torch.Tensor, spec: QuantSpec, scale=None, zero_point=None, alpha=None,
                 checked: bool = False, min_scale: float = MIN_SCALE) -> torch.Tensor:
     """:func:`fake_quant` without the argument checks the Quantizer module has made once (its forward)."""
-    if spec.dynamic:
+    if spec.dynamic and spec.scheme == "uniform":
         _check_unused(spec, scale=scale, zero_point=zero_point, alpha=alpha)
         qmin, qmax = spec.bounds
         return _FAKE_QUANT_DYNAMIC(x, qmin, qmax, spec.symmetric, spec.granularity == "token", min_scale)
+    if spec.scheme == "fp":
+        if spec.dynamic:
+            _check_unused(spec, scale=scale, zero_point=zero_point, alpha=alpha)
+            s = block_scales(x, spec)
+        else:
+            _check_unused(spec, zero_point=zero_point, alpha=alpha)
+            s = _param(scale, "scale", spec, x)
+        # LSQ's factor with the format's positive codes for the levels of a uniform grid
+        factor = lsq_grad_factor(x.numel() // max(s.numel(), 1), (1 << (spec.bits - 1)) - 1) if spec.learnable else 1.0
+        return _FAKE_QUANT_FP(x, s, spec.exp_bits, spec.bits - 1 - spec.exp_bits, spec.resolved_fp_special,
+                              spec.per_channel_axis, spec.group_size or 0, factor)
     if spec.scheme == "uniform":
         s, z = _uniform_params(x, spec, scale, zero_point, alpha, checked)
         qmin, qmax = spec.bounds

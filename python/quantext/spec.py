@@ -8,7 +8,14 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-SCHEMES = ("uniform", "pot", "apot")
+SCHEMES = ("uniform", "pot", "apot", "fp")
+FP_SPECIALS = ("auto", "ieee", "fn", "finite")
+FP_FORMATS = {"e4m3": (8, 4), "e5m2": (8, 5), "e2m3": (6, 2), "e3m2": (6, 3), "e2m1": (4, 2)}
+"""The OCP formats by name: (bits, exp_bits)."""
+BLOCK_FORMATS = {"mxfp8": ("e4m3", 32, "e8m0"), "mxfp8_e5m2": ("e5m2", 32, "e8m0"), "mxfp6_e2m3": ("e2m3", 32, "e8m0"),
+                 "mxfp6_e3m2": ("e3m2", 32, "e8m0"), "mxfp4": ("e2m1", 32, "e8m0"), "nvfp4": ("e2m1", 16, "e4m3")}
+"""The block-scaled formats by name: (element format, block size, scale format)."""
+SCALE_FORMATS = ("float32", "e8m0", "e4m3")
 GRANULARITIES = ("tensor", "channel", "group", "token")
 CALIBRATION_METHODS = ("max", "percentile", "mse", "entropy", "aciq")
 ROUNDINGS = ("nearest", "log")
@@ -30,6 +37,13 @@ def grid_bounds(bits: int, signed: bool, narrow_range: bool) -> tuple[int, int]:
     return lo + int(narrow_range), hi
 
 
+def fp_max(exp_bits: int, man_bits: int, special: str) -> float:
+    """Largest finite value of an ExMy format (``special`` resolved: see :class:`QuantSpec`)."""
+    bias = (1 << (exp_bits - 1)) - 1
+    top = (1 << exp_bits) - 1 - bias - (special == "ieee")
+    return (2.0 - 2.0 ** -man_bits * (2 if special == "fn" else 1)) * 2.0 ** top
+
+
 def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
         raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
@@ -46,8 +60,11 @@ class QuantSpec:
     """How one tensor is quantized.
 
     Attributes:
-        scheme: ``"uniform"`` (affine grid), ``"pot"`` (powers of two) or
-            ``"apot"`` (additive powers of two).
+        scheme: ``"uniform"`` (affine grid), ``"pot"`` (powers of two),
+            ``"apot"`` (additive powers of two) or ``"fp"`` (a minifloat: sign,
+            ``exp_bits`` exponent and ``bits - 1 - exp_bits`` mantissa bits,
+            round to nearest even, subnormals, saturating; times ``scale``;
+            :func:`fp_spec` names the OCP formats).
         bits: total bits per value including the sign bit (uniform 2..16,
             PoT/APoT 2..8; 1 for unsigned PoT/APoT).
         signed: values below zero are representable. Weights are signed,
@@ -79,6 +96,17 @@ class QuantSpec:
         rounding: PoT only: ``"nearest"`` level in the linear domain or
             ``"log"`` (round ``log2|x|``, the seed's behaviour).
         weight_norm: APoT paper's ``(w - mean) / std`` before quantizing.
+        exp_bits: ``"fp"`` only: exponent bits (bias ``2^(exp_bits-1) - 1``).
+        scale_format: ``"float32"``, or for block-scaled ``"fp"`` specs (dynamic,
+            per group) the format of each block's scale, computed from the
+            block's absolute max: ``"e8m0"`` (OCP Microscaling: a power of two)
+            or ``"e4m3"`` (NVFP4: an E4M3 scale times one float32 scale of the
+            whole tensor); :mod:`quantext.block_scales` gives the rules.
+        fp_special: ``"fp"`` only: the codes that are not numbers. ``"ieee"``:
+            the top exponent holds inf and NaN (E5M2); ``"fn"``: no inf, only
+            the all-ones code is NaN (E4M3FN); ``"finite"``: every code is a
+            number (the OCP MX FP6/FP4 formats); ``"auto"``: E4M3 ``"fn"``, E5M2
+            ``"ieee"``, every other format ``"finite"``.
         sign_from_data: calibration decides ``signed`` from the observed data:
             signed when it saw a negative value, unsigned (one more bit of
             magnitude) when it saw none; ``signed`` is the value until then. For
@@ -106,24 +134,33 @@ class QuantSpec:
     weight_norm: bool = False
     sign_from_data: bool = False
     dynamic: bool = False
+    exp_bits: int = 4
+    fp_special: str = "auto"
+    scale_format: str = "float32"
 
     def __post_init__(self) -> None:
         _choice("scheme", self.scheme, SCHEMES)
         _choice("granularity", self.granularity, GRANULARITIES)
         _choice("calibration", self.calibration, CALIBRATION_METHODS)
         _choice("rounding", self.rounding, ROUNDINGS)
-        for name in ("bits", "axis", "k") + (("group_size",) if self.group_size is not None else ()):
+        for name in ("bits", "axis", "k", "exp_bits") + (("group_size",) if self.group_size is not None else ()):
             _typed(name, getattr(self, name), int)
         for name in ("signed", "symmetric", "narrow_range", "learnable", "weight_norm", "sign_from_data",
                      "dynamic"):
             _typed(name, getattr(self, name), bool)
         if isinstance(self.percentile, bool) or not isinstance(self.percentile, (int, float)):
             raise TypeError(f"percentile must be a number, got {self.percentile!r}")
+        _choice("scale_format", self.scale_format, SCALE_FORMATS)
+        if self.scheme == "fp":
+            self._check_fp()
+        elif self.scale_format != "float32":
+            raise ValueError(f"scale_format={self.scale_format!r} is for block-scaled scheme='fp' specs, got "
+                             f"scheme={self.scheme!r}")
         lo, hi = UNIFORM_BITS if self.scheme == "uniform" else (1 if not self.signed else 2, 8)
         if not lo <= self.bits <= hi:
             raise ValueError(f"bits={self.bits} is out of range [{lo}, {hi}] for scheme={self.scheme!r}"
                              f"{' (signed)' if self.signed else ''}")
-        if self.scheme != "uniform" and not self.symmetric:
+        if self.scheme not in ("uniform", "fp") and not self.symmetric:
             raise ValueError(f"symmetric=False is only defined for scheme='uniform', got scheme={self.scheme!r}")
         if self.narrow_range and not (self.scheme == "uniform" and self.signed):
             raise ValueError("narrow_range=True needs scheme='uniform' and signed=True")
@@ -133,8 +170,8 @@ class QuantSpec:
         elif self.group_size is not None:
             raise ValueError(f"group_size={self.group_size} is only used with granularity='group', "
                              f"got granularity={self.granularity!r}")
-        if self.granularity == "group" and self.scheme != "uniform":
-            raise ValueError(f"granularity='group' is only supported for scheme='uniform', got {self.scheme!r}")
+        if self.granularity == "group" and self.scheme not in ("uniform", "fp"):
+            raise ValueError(f"granularity='group' is only supported for scheme='uniform' or 'fp', got {self.scheme!r}")
         if not 0.0 < self.percentile <= 100.0:
             raise ValueError(f"percentile must be in (0, 100], got {self.percentile}")
         if self.k < 1:
@@ -151,15 +188,54 @@ class QuantSpec:
                 raise ValueError("sign_from_data=True needs narrow_range=False (an unsigned grid has no narrow range)")
             if self.bits < 2:
                 raise ValueError(f"sign_from_data=True needs bits >= 2 (the signed grid), got bits={self.bits}")
-        if self.dynamic:
+        if self.dynamic and self.scheme != "fp":
             self._check_dynamic()
-        elif self.granularity == "token":
+        elif self.granularity == "token" and not self.dynamic:
             raise ValueError("granularity='token' is for dynamic specs (dynamic=True): a static scale per token "
                              "would only fit the tokens it was calibrated on")
         # Constants of every op call, derived once (not fields: equality and replace() ignore them).
         bounds = grid_bounds(self.bits, self.signed, self.narrow_range) if self.scheme == "uniform" else None
         object.__setattr__(self, "_bounds", bounds)
         object.__setattr__(self, "_axis", None if self.granularity in ("tensor", "token") else self.axis)
+
+    def _check_fp(self) -> None:
+        _choice("fp_special", self.fp_special, FP_SPECIALS)
+        man_bits = self.bits - 1 - self.exp_bits
+        if self.exp_bits < 1 or man_bits < 0:
+            raise ValueError(f"scheme='fp' needs 1 <= exp_bits <= bits - 1, got bits={self.bits}, "
+                             f"exp_bits={self.exp_bits}")
+        special = self.resolved_fp_special
+        if special == "ieee" and self.exp_bits < 2 or special == "fn" and man_bits < 1:
+            raise ValueError(f"fp_special={special!r} needs {'exp_bits >= 2' if special == 'ieee' else 'a mantissa bit'}"
+                             f" (it reserves codes of the top exponent), got E{self.exp_bits}M{man_bits}")
+        for name, ok in (("signed", self.signed), ("symmetric", self.symmetric), ("narrow_range", not self.narrow_range),
+                         ("weight_norm", not self.weight_norm),
+                         ("sign_from_data", not self.sign_from_data)):
+            if not ok:
+                raise ValueError(f"scheme='fp' is a signed format with no zero point: {name}={getattr(self, name)} "
+                                 "does not apply")
+        if self.calibration != "max":
+            raise ValueError(f"scheme='fp' calibrates with calibration='max' (scale = max|x| / the format's largest "
+                             f"value), got {self.calibration!r}")
+        if self.dynamic != (self.scale_format != "float32"):
+            raise ValueError("a dynamic scheme='fp' spec is block-scaled (scale_format='e8m0' or 'e4m3', scales from "
+                             f"each block's max) and a block-scaled one dynamic, got dynamic={self.dynamic}, "
+                             f"scale_format={self.scale_format!r}")
+        if self.dynamic and (self.granularity != "group" or self.learnable):
+            raise ValueError(f"block-scaled fp specs take granularity='group' and computed scales (learnable=False), "
+                             f"got granularity={self.granularity!r}, learnable={self.learnable}")
+
+    @property
+    def resolved_fp_special(self) -> str:
+        """``fp_special`` with ``"auto"`` resolved (``"fp"`` specs)."""
+        if self.fp_special != "auto":
+            return self.fp_special
+        return {(8, 4): "fn", (8, 5): "ieee"}.get((self.bits, self.exp_bits), "finite")
+
+    @property
+    def fp_max(self) -> float:
+        """The largest finite value of an ``"fp"`` spec's format."""
+        return fp_max(self.exp_bits, self.bits - 1 - self.exp_bits, self.resolved_fp_special)
 
     def _check_dynamic(self) -> None:
         if self.scheme != "uniform":
@@ -199,6 +275,27 @@ def default_weight_spec(bits: int = 8, scheme: str = "uniform") -> QuantSpec:
     """Per-output-channel signed symmetric weights (narrow range for uniform)."""
     return QuantSpec(scheme=scheme, bits=bits, signed=True, symmetric=True, narrow_range=scheme == "uniform",
                      granularity="channel", axis=0)
+
+
+def fp_spec(name: str, **fields) -> QuantSpec:
+    """The ``"fp"`` spec of a format by name. Scaled by a float32 scale per
+    tensor (or as ``fields`` say): ``"e4m3"`` (FP8, max 448), ``"e5m2"`` (FP8,
+    max 57344), ``"e2m3"`` / ``"e3m2"`` (FP6, max 7.5 / 28), ``"e2m1"`` (FP4, max
+    6). Block-scaled along ``axis`` (default -1, the last dimension: a Linear's
+    input features), scales from each block's max: ``"mxfp8"`` (E4M3), ``"mxfp8_e5m2"``,
+    ``"mxfp6_e2m3"``, ``"mxfp6_e3m2"``, ``"mxfp4"`` (E2M1; blocks of 32, E8M0
+    scales: OCP Microscaling) and ``"nvfp4"`` (E2M1, blocks of 16, E4M3 scales
+    and a float32 tensor scale). ``fields`` set the rest (granularity, axis,
+    group_size, learnable ...)."""
+    if name in BLOCK_FORMATS:
+        element, block, scale_format = BLOCK_FORMATS[name]
+        fields = {"granularity": "group", "axis": -1, "group_size": block, "dynamic": True,
+                  "scale_format": scale_format, **fields}
+        name = element
+    if name not in FP_FORMATS:
+        raise ValueError(f"fp_spec: name must be one of {tuple(FP_FORMATS) + tuple(BLOCK_FORMATS)}, got {name!r}")
+    bits, exp_bits = FP_FORMATS[name]
+    return QuantSpec(scheme="fp", bits=bits, exp_bits=exp_bits, calibration="max", **fields)
 
 
 def dynamic_activation_spec(bits: int = 8, per_token: bool = True, symmetric: bool = True) -> QuantSpec:
@@ -243,10 +340,12 @@ class QConfig:
             value = getattr(self, name)
             if value is not None and not isinstance(value, QuantSpec):
                 raise TypeError(f"QConfig.{name} must be a QuantSpec or None, got {type(value).__name__}")
-        if self.weight is not None and self.weight.dynamic:
-            raise ValueError("QConfig.weight cannot be dynamic (dynamic=True is for activations): a weight's scale "
-                             "is state, calibrated or learned")
-        if self.activation is not None and self.activation.granularity not in ("tensor", "token"):
+        if self.weight is not None and self.weight.dynamic and self.weight.scheme != "fp":
+            raise ValueError("QConfig.weight cannot be dynamic (dynamic=True is for activations, and for "
+                             "block-scaled fp formats): a weight's scale is state, calibrated or learned")
+        block_scaled = self.activation is not None and self.activation.scheme == "fp" and self.activation.dynamic
+        if self.activation is not None and self.activation.granularity not in ("tensor", "token") \
+                and not block_scaled:
             raise ValueError("QConfig.activation must be per tensor (granularity='tensor'), or per token when "
                              "dynamic: per-channel activations cannot be exported to TensorRT or ONNX Runtime "
                              "integer kernels")

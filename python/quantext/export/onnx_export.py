@@ -164,6 +164,10 @@ def export_onnx(
     finally:
         for module, training in modes.items():
             module.training = training
+    if report is not None and report.optimized_error is not None:
+        warnings.warn(f"ONNX Runtime with all graph optimizations (ORT_ENABLE_ALL) cannot load or run this model "
+                      f"({report.optimized_error}); without optimizations it matches PyTorch: run it with "
+                      "graph_optimization_level ORT_DISABLE_ALL or ORT_ENABLE_BASIC (docs/fp.md)", stacklevel=2)
     if report is not None and report.optimized_top1 is not None and report.optimized_top1 < 1:
         warnings.warn(f"ONNX Runtime with all graph optimizations (ORT_ENABLE_ALL) changes the top-1 class at "
                       f"{1 - report.optimized_top1:.0%} of the example outputs (largest difference "

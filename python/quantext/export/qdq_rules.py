@@ -38,6 +38,7 @@ import onnx
 import torch
 from onnx import TensorProto, helper
 
+from ..spec import fp_max
 from . import op_rules
 from .graph import Graph, consumers, describe, module_path, producers, prune
 from .record import QuantizerRecord
@@ -248,6 +249,67 @@ def _lower_dynamic(g: Graph, node: onnx.NodeProto, opset: int) -> tuple[list[onn
     return emit.nodes, grid
 
 
+# ONNX's float types of the minifloat formats: (ONNX type, numpy type, lowest opset).
+_FP_TYPES = {(4, 3, "fn"): (TensorProto.FLOAT8E4M3FN, ml_dtypes.float8_e4m3fn, 19),
+             (5, 2, "ieee"): (TensorProto.FLOAT8E5M2, ml_dtypes.float8_e5m2, 19),
+             (2, 1, "finite"): (TensorProto.FLOAT4E2M1, ml_dtypes.float4_e2m1fn, 23)}
+
+
+def fp_levels(exp_bits: int, man_bits: int, special: str) -> np.ndarray:
+    """The non-negative finite values of an ExMy format over its largest, ascending."""
+    bias = (1 << (exp_bits - 1)) - 1
+    top = fp_max(exp_bits, man_bits, special)
+    mantissas = np.arange(1 << man_bits) / (1 << man_bits)
+    values = [mantissas * 2.0 ** (1 - bias)] + [(1 + mantissas) * 2.0 ** e for e in range(1 - bias, (1 << exp_bits) - bias)]
+    values = np.unique(np.concatenate(values))
+    return values[values <= top] / top
+
+
+def _lower_fp(g: Graph, node: onnx.NodeProto, opset: int) -> tuple[list[onnx.NodeProto], Grid]:
+    """FP8 (E4M3FN, E5M2; opset 19) and FP4 (E2M1; opset 23) as QuantizeLinear ->
+    DequantizeLinear with a zero point of the float type; a weight as the
+    float codes, read by DequantizeLinear (blocked for per-group scales, opset 21)."""
+    a = _attrs(node)
+    special = a["special"].decode() if isinstance(a["special"], bytes) else a["special"]
+    key = (a["exp_bits"], a["man_bits"], special)
+    if key not in _FP_TYPES:
+        raise ValueError(f"{describe(node)}: E{key[0]}M{key[1]} ({special}) has no ONNX type; export takes E4M3FN and "
+                         "E5M2 (opset >= 19) and E2M1 (opset >= 23)")
+    ftype, ntype, lowest = _FP_TYPES[key]
+    axis = None if a["axis"] == op_rules.PER_TENSOR else a["axis"]
+    lowest = max(lowest, 21) if a["group_size"] else lowest
+    if opset < lowest:
+        raise ValueError(f"{describe(node)}: E{key[0]}M{key[1]}{' per group' if a['group_size'] else ''} "
+                         f"exports at opset >= {lowest}, got opset {opset}")
+    _check_input_type(g, node)
+    scale = _param(g, node, 1, "scale", positive=True).astype(np.float32)
+    qdq_attrs = {}
+    if axis is None:
+        scale = scale.reshape(())
+    elif a["group_size"]:
+        qdq_attrs = {"axis": axis, "block_size": a["group_size"]}
+    else:
+        scale = scale.reshape(-1)
+        qdq_attrs = {"axis": axis}
+    emit = _Emitter(g, node)
+    s_name, z_name = emit.const("scale", scale), emit.const("zero_point", np.zeros(scale.shape, ntype))
+    x = g.const(node.input[0])
+    if x is not None:
+        xt, st = torch.from_numpy(x.astype(np.float32)), torch.from_numpy(np.asarray(scale))
+        y = torch.ops.quantext.fake_quant_fp(xt, st, a["exp_bits"], a["man_bits"], special, axis, a["group_size"])
+        values = (y / _along(st, axis, a["group_size"], x.ndim)).numpy()  # on the format's grid: exact
+        emit("DequantizeLinear", [emit.const("codes", values.astype(ntype)), s_name, z_name], node.output[0],
+             **qdq_attrs)
+    else:
+        q = emit("QuantizeLinear", [node.input[0], s_name, z_name], **qdq_attrs)
+        emit("DequantizeLinear", [q, s_name, z_name], node.output[0], **qdq_attrs)
+    top = fp_max(*key)
+    grid = dict(grid="levels", scale=(scale.astype(np.float64) * top).ravel().tolist(), zero_point=[0], axis=axis,
+                group_size=a["group_size"], levels=fp_levels(*key).tolist(), signed=True,
+                param_shape=list(scale.shape) if a["group_size"] else None)
+    return emit.nodes, grid
+
+
 def thresholds(levels: np.ndarray) -> np.ndarray:
     """Midpoints between neighbouring float32 levels, computed exactly and
     rounded down to float32: for float32 ``v``, ``v > t32`` iff ``v > t``
@@ -361,7 +423,8 @@ def _search(emit: _Emitter, a: str, t: np.ndarray) -> str:
     return idx
 
 
-_RULES = {op_rules.UNIFORM: _lower_uniform, op_rules.LEVELS: _lower_levels, op_rules.DYNAMIC: _lower_dynamic}
+_RULES = {op_rules.UNIFORM: _lower_uniform, op_rules.LEVELS: _lower_levels, op_rules.DYNAMIC: _lower_dynamic,
+          op_rules.FP: _lower_fp}
 
 
 def _fold_transposed_weights(model: onnx.ModelProto, g: Graph) -> dict[str, tuple[str, list[int]]]:

@@ -73,12 +73,18 @@ class VerificationReport:
     int8_kernels: dict[str, int] = field(default_factory=dict)
     float_kernels: dict[str, int] = field(default_factory=dict)
     output_range: float = 0.0  # largest |output| of the PyTorch model, to read the differences against
+    # ONNX Runtime's error when its optimized graph would not load or run (then the optimized_* fields are NaN/None)
+    optimized_error: str | None = None
 
     def summary(self) -> str:
         """One line for logs."""
         def top1(v: float | None) -> str:
             return "-" if v is None else f"{v:.0%}"
         kernels = ", ".join(f"{n} {k}" for n, k in sorted(self.int8_kernels.items())) or "none"
+        if self.optimized_error is not None:
+            return (f"{self.quantizers} quantizers agree; free-running max |diff| {self.max_diff:.3g} (top-1 "
+                    f"{top1(self.top1)}) of outputs up to {self.output_range:.3g}; with all ONNX Runtime "
+                    f"optimizations it does not load: {self.optimized_error}")
         return (f"{self.quantizers} quantizers agree; free-running max |diff| {self.max_diff:.3g} (top-1 "
                 f"{top1(self.top1)}), with all ONNX Runtime optimizations {self.optimized_max_diff:.3g} (top-1 "
                 f"{top1(self.optimized_top1)}) of outputs up to {self.output_range:.3g}; int8 kernels: {kernels}")
@@ -240,17 +246,21 @@ def verify_onnx(path: str | os.PathLike, model: nn.Module,
     with torch.no_grad():
         free = [r.detach().cpu().numpy() for r in torch.utils._pytree.tree_leaves(model(*args))]
     plain = [values[n] for n in names]  # ONNX Runtime ran free; only PyTorch was teacher-forced
-    with tempfile.TemporaryDirectory(prefix="quantext_ort_") as folder:
-        optimized_path = os.path.join(folder, "optimized.onnx")
-        optimized = _session(proto.SerializeToString(), ort.GraphOptimizationLevel.ORT_ENABLE_ALL, optimized_path)
-        ops = Counter(n.op_type for n in onnx.load(optimized_path, load_external_data=False).graph.node)
-    fast = optimized.run(names, feeds)
+    common = dict(quantizers=len(record), max_diff=_max_diff(free, plain), top1=_top1(free, plain),
+                  output_range=max((float(np.abs(r).max()) for r in free if r.size), default=0.0))
+    try:
+        with tempfile.TemporaryDirectory(prefix="quantext_ort_") as folder:
+            optimized_path = os.path.join(folder, "optimized.onnx")
+            optimized = _session(proto.SerializeToString(), ort.GraphOptimizationLevel.ORT_ENABLE_ALL, optimized_path)
+            ops = Counter(n.op_type for n in onnx.load(optimized_path, load_external_data=False).graph.node)
+        fast = optimized.run(names, feeds)
+    except Exception as err:  # noqa: BLE001 (ORT's rewrites produce graphs it then refuses: FP8 QDQ into QGemm)
+        return VerificationReport(**common, optimized_max_diff=float("nan"), optimized_top1=None,
+                                  optimized_error=f"{type(err).__name__}: {str(err).splitlines()[0][:300]}")
     return VerificationReport(
-        quantizers=len(record), max_diff=_max_diff(free, plain), top1=_top1(free, plain),
-        optimized_max_diff=_max_diff(free, fast), optimized_top1=_top1(free, fast),
+        **common, optimized_max_diff=_max_diff(free, fast), optimized_top1=_top1(free, fast),
         int8_kernels={k: ops[k] for k in INT8_KERNELS if ops[k]},
-        float_kernels={k: ops[k] for k in FLOAT_KERNELS if ops[k]},
-        output_range=max((float(np.abs(r).max()) for r in free if r.size), default=0.0))
+        float_kernels={k: ops[k] for k in FLOAT_KERNELS if ops[k]})
 
 
 def _session(model: bytes, level: Any, optimized_path: str | None = None) -> Any:

@@ -79,6 +79,8 @@ def range_step(spec: QuantSpec, lo: torch.Tensor, hi: torch.Tensor) -> torch.Ten
     the clipping range ``[lo, hi]`` onto ``spec``'s grid, before any floor (see
     :func:`qparams_from_range`); float32."""
     lo, hi = lo.float(), hi.float()
+    if spec.scheme == "fp":
+        return torch.maximum(lo.abs(), hi.abs()) / spec.fp_max
     if spec.scheme != "uniform":
         return torch.maximum(lo.abs(), hi.abs())
     qmin, qmax = spec.bounds
@@ -100,6 +102,8 @@ def qparams_from_range(spec: QuantSpec, lo: torch.Tensor, hi: torch.Tensor,
     finite range); :func:`range_step` is the value before that.
     """
     step = range_step(spec, lo, hi).clamp_min(min_scale)
+    if spec.scheme == "fp":
+        return {"scale": step}
     if spec.scheme != "uniform":
         return {"alpha": step}
     if spec.symmetric:
@@ -162,7 +166,7 @@ def _project(t: torch.Tensor, lo: float, hi: float | None = None) -> torch.Tenso
 
 
 SPEC_FIELDS = ("scheme", "bits", "signed", "symmetric", "narrow_range", "granularity", "axis", "group_size", "k",
-               "sign_from_data", "dynamic")
+               "sign_from_data", "dynamic", "exp_bits", "fp_special", "scale_format")
 """The spec fields a quantizer's saved state depends on (compared when loading)."""
 
 
@@ -231,9 +235,9 @@ class Quantizer(MirroredStateMixin, nn.Module):
             raise ValueError(f"role must be 'weight' or 'activation', got {role!r}")
         if not (math.isfinite(min_scale) and min_scale > 0):
             raise ValueError(f"min_scale must be positive and finite, got {min_scale}")
-        if spec.dynamic and role == "weight":
-            raise ValueError("a weight quantizer cannot be dynamic (dynamic=True is for activations): a weight's "
-                             "scale is state, calibrated or learned")
+        if spec.dynamic and role == "weight" and spec.scheme != "fp":
+            raise ValueError("a weight quantizer cannot be dynamic (dynamic=True is for activations, and for "
+                             "block-scaled fp formats): a weight's scale is state, calibrated or learned")
         if spec.granularity == "group" and spec.calibration not in ("max", "mse"):
             raise ValueError("per-group quantizers take their ranges from the tensor itself: use "
                              f"calibration='max' or 'mse', got {spec.calibration!r}")
@@ -244,13 +248,15 @@ class Quantizer(MirroredStateMixin, nn.Module):
         pshape = param_shape(spec, shape) if shape is not None and not spec.dynamic else \
             (() if spec.granularity == "tensor" else (0,))
         uniform = spec.scheme == "uniform" and not spec.dynamic
+        fp = spec.scheme == "fp" and not spec.dynamic
         learned_zero_point = spec.learnable and not spec.symmetric
-        self._register_state("scale", torch.ones(pshape) if uniform else None, spec.learnable)
+        self._register_state("scale", torch.ones(pshape) if uniform or fp else None, spec.learnable)
         self._register_state("zero_point", (torch.zeros(pshape) if learned_zero_point else
                                             torch.zeros(pshape, dtype=torch.int32)) if uniform else None,
                              learned_zero_point)
-        self._register_state("alpha", torch.ones(pshape) if spec.scheme != "uniform" else None, spec.learnable)
-        self._state_names = ("scale", "zero_point") if uniform else () if spec.dynamic else ("alpha",)
+        self._register_state("alpha", torch.ones(pshape) if spec.scheme in ("pot", "apot") else None, spec.learnable)
+        self._state_names = ("scale", "zero_point") if uniform else ("scale",) if fp else () if spec.dynamic \
+            else ("alpha",)
         # A dynamic quantizer has no state to calibrate: no observer, ready from the start.
         self.observer: Observer | None = None if spec.dynamic else make_observer(spec)
         self._register_mirrored("fake_quant_enabled", 1)
@@ -437,7 +443,7 @@ class Quantizer(MirroredStateMixin, nn.Module):
                            f"negative (down to {float(self.observer.min_val.min()):.3g}) and its unsigned spec has "
                            "no zero point, so they become 0; use signed=True, sign_from_data=True or symmetric=False")
         if f.floored is not None:
-            what = "scale" if self.spec.scheme == "uniform" else "alpha"
+            what = "alpha" if self.spec.scheme in ("pot", "apot") else "scale"
             out["floor"] = (f"{self._where()} hit the scale floor: its data asked for a {what} of {f.floored:.3g}, "
                             f"below min_scale={self.min_scale:g}, which it uses instead (a grid coarser than the "
                             "data; tiny activations often mean BatchNorm statistics that do not fit the data)")
@@ -456,7 +462,7 @@ class Quantizer(MirroredStateMixin, nn.Module):
             raise ValueError(f"{self._where()} is dynamic: its parameters come from each input, none can be set")
         uniform = self.spec.scheme == "uniform"
         given = {"scale": scale, "zero_point": zero_point, "alpha": alpha}
-        needed = ("scale",) if uniform else ("alpha",)
+        needed = ("alpha",) if self.spec.scheme in ("pot", "apot") else ("scale",)
         for name, value in given.items():
             if value is not None and getattr(self, name) is None:
                 raise ValueError(f"{self._where()}: {name} is not a parameter of scheme={self.spec.scheme!r}")
@@ -508,8 +514,7 @@ class Quantizer(MirroredStateMixin, nn.Module):
         state = self._state()
         if not self.spec.learnable:
             return state
-        out = {"alpha": _project(state["alpha"], self.min_scale)} if "alpha" in state else \
-            {"scale": _project(state["scale"], self.min_scale), "zero_point": state["zero_point"]}
+        out = {k: _project(v, self.min_scale) if k in ("alpha", "scale") else v for k, v in state.items()}
         if "zero_point" in out and out["zero_point"].is_floating_point():
             out["zero_point"] = _project(out["zero_point"], *self.bounds)
         return out

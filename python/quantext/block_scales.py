@@ -1,0 +1,59 @@
+"""Block scales of the block-scaled ``"fp"`` formats, from each block's absolute
+maximum (the rule of each format's reference), computed with tensor ops on the
+input's device (no host sync):
+
+- ``scale_format="e8m0"`` (OCP Microscaling v1.0, MXFP8/6/4): the power of two
+  ``X = 2^(floor(log2(amax)) - emax)``, ``emax`` the exponent of the element
+  format's largest normal (E4M3 8, E5M2 15, E2M3 2, E3M2 4, E2M1 2), clamped to
+  ``[2^-126, 2^127]`` (E8M0 reaches ``2^-127``, not a normal float32, which the
+  kernels take; a block that small is all but zero). An all-zero block gets
+  ``2^-126``.
+- ``scale_format="e4m3"`` (NVFP4): a float32 tensor scale
+  ``t = amax(x) / (448 * fmax)`` (1 for an all-zero tensor) and per block the
+  E4M3 value (round to nearest even, saturating at 448) of ``amax_b / (fmax *
+  t)``; the block's scale is ``e4m3 * t`` (float32), ``fmax`` the element
+  format's largest value (6 for E2M1). A block whose E4M3 scale rounds to 0
+  (a block far smaller than the tensor's largest) takes E4M3's smallest
+  subnormal, ``2^-9``.
+
+Non-finite values do not count towards a maximum (they saturate when
+quantized). The elements are then ``scale * Q(x * (1/scale))`` (the ``"fp"``
+op), with the reciprocal exact for E8M0 scales.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .spec import QuantSpec
+
+_MIN_NORMAL = 2.0 ** -126
+
+
+def _finite_abs(x: torch.Tensor) -> torch.Tensor:
+    a = x.detach().float().abs()
+    return torch.where(torch.isfinite(a), a, 0.0)
+
+
+def block_scales(x: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
+    """The float32 scale of every block of ``x`` under a block-scaled ``spec``:
+    ``x``'s shape with ``size(axis) / group_size`` on ``axis`` (the per-group
+    parameter shape of the ``"fp"`` op)."""
+    if not (spec.scheme == "fp" and spec.dynamic):
+        raise ValueError("block_scales needs a block-scaled fp spec (quantext.spec.fp_spec('mxfp4'), ...)")
+    axis = spec.axis % x.dim()
+    if x.shape[axis] % spec.group_size:
+        raise ValueError(f"group_size={spec.group_size} does not divide size {x.shape[axis]} of axis {axis} "
+                         f"(tensor shape {tuple(x.shape)})")
+    a = _finite_abs(x)
+    amax = a.unflatten(axis, (-1, spec.group_size)).amax(axis + 1)
+    if spec.scale_format == "e8m0":
+        emax = int(torch.frexp(torch.tensor(spec.fp_max))[1]) - 1
+        exponent = torch.frexp(amax)[1] - 1 - emax  # floor(log2 amax) - emax; frexp(0) gives 0
+        scale = torch.ldexp(torch.ones_like(amax), exponent.clamp(-126, 127))
+        return torch.where(amax > 0, scale, _MIN_NORMAL)
+    top = a.amax() if a.numel() else a.new_zeros(())
+    tensor_scale = torch.where(top > 0, top / (448.0 * spec.fp_max), 1.0)
+    e4m3 = (amax / (spec.fp_max * tensor_scale)).clamp(max=448.0).to(torch.float8_e4m3fn).float()
+    e4m3 = torch.where(e4m3 > 0, e4m3, 2.0 ** -9)
+    return (e4m3 * tensor_scale).clamp_min(_MIN_NORMAL)
