@@ -105,8 +105,52 @@ at::Tensor fake_quant_fp_autograd(const at::Tensor& x, const at::Tensor& scale, 
   return FakeQuantFp::apply(x, scale, exp_bits, man_bits, special, axis, group_size, grad_factor, want_mask);
 }
 
+using BlocksOp = at::Tensor(const at::Tensor&, int64_t, int64_t, c10::string_view, int64_t, c10::string_view,
+                            const std::optional<at::Tensor>&);
+using BlocksMaskedOp = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, int64_t, int64_t, c10::string_view,
+                                                          int64_t, c10::string_view, const std::optional<at::Tensor>&);
+
+// Block-scaled formats: the scales are a function of x but, as in the MX and
+// NVFP4 recipes, not differentiated through: the clipped straight-through
+// estimator from the forward's mask (in the row-major order the kernels read).
+class FakeQuantFpBlocks : public torch::autograd::Function<FakeQuantFpBlocks> {
+ public:
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, int64_t exp_bits, int64_t man_bits,
+                            c10::string_view special, int64_t block_size, c10::string_view scale_format,
+                            const std::optional<at::Tensor>& tensor_scale) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    static auto op = c10::Dispatcher::singleton()
+                         .findSchemaOrThrow("quantext::fake_quant_fp_blocks_masked", "")
+                         .typed<BlocksMaskedOp>();
+    auto [y, mask] = op.call(x, exp_bits, man_bits, special, block_size, scale_format, tensor_scale);
+    save_clip_mask(ctx, mask, row_major_strides(x));
+    return y;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    variable_list out(7);
+    out[0] = clip_mask_grad(ctx, grads[0]);
+    return out;
+  }
+};
+
+at::Tensor fake_quant_fp_blocks_autograd(const at::Tensor& x, int64_t exp_bits, int64_t man_bits,
+                                         c10::string_view special, int64_t block_size, c10::string_view scale_format,
+                                         const std::optional<at::Tensor>& tensor_scale) {
+  if (!at::GradMode::is_enabled() || !x.requires_grad()) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    static auto op =
+        c10::Dispatcher::singleton().findSchemaOrThrow("quantext::fake_quant_fp_blocks", "").typed<BlocksOp>();
+    return op.call(x, exp_bits, man_bits, special, block_size, scale_format, tensor_scale);
+  }
+  return FakeQuantFpBlocks::apply(x, exp_bits, man_bits, special, block_size, scale_format, tensor_scale);
+}
+
 }  // namespace
 
-TORCH_LIBRARY_IMPL(quantext, Autograd, m) { m.impl("fake_quant_fp", &fake_quant_fp_autograd); }
+TORCH_LIBRARY_IMPL(quantext, Autograd, m) {
+  m.impl("fake_quant_fp", &fake_quant_fp_autograd);
+  m.impl("fake_quant_fp_blocks", &fake_quant_fp_blocks_autograd);
+}
 
 }  // namespace quantext

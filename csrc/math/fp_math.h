@@ -9,6 +9,9 @@
 // lands on its first value. Values beyond the largest finite one saturate.
 #pragma once
 
+#include <cstdint>
+#include <cstring>
+
 #include "math/scheme_math.h"
 
 namespace quantext {
@@ -63,6 +66,33 @@ QTX_HOST_DEVICE FpGrads<V> fp_backward(V dy, V x, const FpParams<V>& p, const Fp
   const V q = fp_round<P>(v, g);
   const V ds = P::select(inside, q - v, P::select(P::lt(v, zero), zero - g.max_value, g.max_value));
   return {P::select(inside, dy, zero), dy * P::select(P::not_nan(v), ds, zero)};
+}
+
+// ------------------------------------------------------------ block scales --
+// The scale of a block of a block-scaled format from the block's finite |max|,
+// in float32 (python/quantext/block_scales.py states the rules).
+
+// MX (E8M0): 2^(floor(log2 amax) - emax) within [2^-126, 2^127]; 2^-126 for a
+// zero (or subnormal) amax.
+QTX_HOST_DEVICE float mx_block_scale(float amax, int emax) {
+  uint32_t bits;
+  memcpy(&bits, &amax, sizeof(bits));
+  const int field = static_cast<int>((bits >> 23) & 0xffu);  // floor(log2 amax) + 127 for a normal amax
+  int shared = field == 0 ? -126 : field - 127 - emax;
+  shared = shared < -126 ? -126 : (shared > 127 ? 127 : shared);
+  bits = static_cast<uint32_t>(shared + 127) << 23;
+  float scale;
+  memcpy(&scale, &bits, sizeof(scale));
+  return scale;
+}
+
+// NVFP4: the E4M3 value (nearest even, saturating) of amax / (fp_max *
+// tensor_scale), 2^-9 (E4M3's smallest) where that is 0, times tensor_scale.
+QTX_HOST_DEVICE float nv_block_scale(float amax, float fp_max, float tensor_scale) {
+  const FpGrid<float> e4m3{448.0f, 0.015625f, 0.125f};
+  float s = fp_round<Scalar<float>>(amax / (fp_max * tensor_scale), e4m3);
+  s = (s > 0.0f ? s : 0.001953125f) * tensor_scale;
+  return s < 1.17549435e-38f ? 1.17549435e-38f : s;  // a normal float32, as the kernels take
 }
 
 }  // namespace math

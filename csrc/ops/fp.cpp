@@ -16,6 +16,7 @@ namespace quantext {
 KernelStub<FpForwardKernel> fp_forward_kernel{"quantext.fake_quant_fp"};
 KernelStub<FpMaskedKernel> fp_masked_kernel{"quantext.fake_quant_fp_masked"};
 KernelStub<FpBackwardKernel> fp_backward_kernel{"quantext.fake_quant_fp_backward"};
+KernelStub<FpBlockKernel> fp_block_kernel{"quantext.fake_quant_fp_blocks"};
 
 FpFormat fp_format(const char* op, int64_t exp_bits, int64_t man_bits, c10::string_view special) {
   TORCH_CHECK_VALUE(exp_bits >= 1 && man_bits >= 0 && 1 + exp_bits + man_bits <= 8, op,
@@ -49,7 +50,62 @@ FpArgs prepare_fp(const char* op, const at::Tensor& x, const at::Tensor& scale, 
   return {std::move(c), std::move(flat), format};
 }
 
+FpBlockArgs prepare_fp_blocks(const char* op, const at::Tensor& x, int64_t exp_bits, int64_t man_bits,
+                              c10::string_view special, int64_t block_size, c10::string_view scale_format,
+                              const std::optional<at::Tensor>& tensor_scale) {
+  const FpFormat format = fp_format(op, exp_bits, man_bits, special);
+  const auto t = x.scalar_type();
+  TORCH_CHECK_TYPE(t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16, op,
+                   ": input must be float16, bfloat16, float32 or float64, got dtype ", t);
+  TORCH_CHECK_VALUE(block_size >= 1 && block_size <= 32 && (block_size & (block_size - 1)) == 0, op,
+                    ": block_size must be a power of two up to 32, got ", block_size);
+  TORCH_CHECK_VALUE(x.dim() > 0 && x.size(-1) % block_size == 0, op, ": block_size=", block_size,
+                    " must divide the last dimension, got input shape ", x.sizes());
+  TORCH_CHECK_VALUE(scale_format == "e8m0" || scale_format == "e4m3", op,
+                    ": scale_format must be 'e8m0' (MX) or 'e4m3' (NVFP4), got '", scale_format, "'");
+  const bool nv = scale_format == "e4m3";
+  TORCH_CHECK_VALUE(nv == tensor_scale.has_value(), op, ": scale_format='", scale_format, "' ",
+                    nv ? "needs a tensor_scale" : "takes no tensor_scale");
+  at::Tensor ts;
+  if (nv) {
+    ts = *tensor_scale;
+    TORCH_CHECK_TYPE(ts.scalar_type() == at::kFloat, op, ": tensor_scale must be float32, got ", ts.scalar_type());
+    TORCH_CHECK_VALUE(ts.numel() == 1, op, ": tensor_scale must have one element, got shape ", ts.sizes());
+    check_same_device(op, x, ts, "tensor_scale");
+    check_values(op, {positive_finite(ts, "tensor_scale"), normal_scale(ts)});
+  }
+  return {x.contiguous(), block_size, format, std::ilogb(format.max_value), ts};
+}
+
 namespace {
+
+at::Tensor fake_quant_fp_blocks_host(const at::Tensor& x, int64_t exp_bits, int64_t man_bits, c10::string_view special,
+                                     int64_t block_size, c10::string_view scale_format,
+                                     const std::optional<at::Tensor>& tensor_scale) {
+  const c10::OptionalDeviceGuard guard(at::device_of(x));
+  const auto a = prepare_fp_blocks("quantext.fake_quant_fp_blocks", x, exp_bits, man_bits, special, block_size,
+                                   scale_format, tensor_scale);
+  at::Tensor y = at::empty_like(a.x);
+  if (x.numel() > 0) fp_block_kernel(x.device().type())(a, y, nullptr);
+  return y;
+}
+
+std::tuple<at::Tensor, at::Tensor> fake_quant_fp_blocks_masked_host(const at::Tensor& x, int64_t exp_bits,
+                                                                    int64_t man_bits, c10::string_view special,
+                                                                    int64_t block_size, c10::string_view scale_format,
+                                                                    const std::optional<at::Tensor>& tensor_scale) {
+  const c10::OptionalDeviceGuard guard(at::device_of(x));
+  const auto a = prepare_fp_blocks("quantext.fake_quant_fp_blocks_masked", x, exp_bits, man_bits, special, block_size,
+                                   scale_format, tensor_scale);
+  at::Tensor y = at::empty_like(a.x), mask = zeroed_clip_mask(x);
+  if (x.numel() > 0) fp_block_kernel(x.device().type())(a, y, &mask);
+  return {y, mask};
+}
+
+void register_fp_blocks(torch::Library& m) {
+  m.impl("fake_quant_fp_blocks", &fake_quant_fp_blocks_host);
+  m.impl("fake_quant_fp_blocks_masked", &fake_quant_fp_blocks_masked_host);
+}
 
 at::Tensor fake_quant_fp_host(const at::Tensor& x, const at::Tensor& scale, int64_t exp_bits, int64_t man_bits,
                               c10::string_view special, std::optional<int64_t> axis, int64_t group_size,
@@ -87,6 +143,7 @@ std::tuple<at::Tensor, at::Tensor> fake_quant_fp_backward_host(const at::Tensor&
 }  // namespace
 
 QUANTEXT_FAKE_QUANT_HOST_IMPL(fp);
+QUANTEXT_HOST_IMPL(register_fp_blocks)
 
 TORCH_LIBRARY_FRAGMENT(quantext, m) {
   m.def(
@@ -99,6 +156,13 @@ TORCH_LIBRARY_FRAGMENT(quantext, m) {
   m.def(
       "fake_quant_fp_backward(Tensor grad, Tensor x, Tensor scale, int exp_bits, int man_bits, str special, "
       "int? axis, int group_size, float grad_factor, bool param_grads) -> (Tensor, Tensor)");
+  // Block-scaled (MX: E8M0 scales; NVFP4: E4M3 scales times tensor_scale) along the last dimension.
+  m.def(
+      "fake_quant_fp_blocks(Tensor x, int exp_bits, int man_bits, str special, int block_size, str scale_format, "
+      "Tensor? tensor_scale=None) -> Tensor");
+  m.def(
+      "fake_quant_fp_blocks_masked(Tensor x, int exp_bits, int man_bits, str special, int block_size, "
+      "str scale_format, Tensor? tensor_scale=None) -> (Tensor, Tensor)");
 }
 
 }  // namespace quantext

@@ -39,4 +39,22 @@ extern KernelStub<FpForwardKernel> fp_forward_kernel;
 extern KernelStub<FpMaskedKernel> fp_masked_kernel;
 extern KernelStub<FpBackwardKernel> fp_backward_kernel;
 
+// Block-scaled formats (MX, NVFP4): scales from each block of `block`
+// consecutive elements along the last dimension of the contiguous x.
+struct FpBlockArgs {
+  at::Tensor x;  // contiguous, non-empty
+  int64_t block;
+  FpFormat format;
+  int emax;                 // MX: the exponent of the element format's largest normal
+  at::Tensor tensor_scale;  // NVFP4: float32, one element; undefined for MX
+};
+
+FpBlockArgs prepare_fp_blocks(const char* op, const at::Tensor& x, int64_t exp_bits, int64_t man_bits,
+                              c10::string_view special, int64_t block_size, c10::string_view scale_format,
+                              const std::optional<at::Tensor>& tensor_scale);
+
+// Writes y and, when given, the clip mask (zeroed words) in the order of a.x.
+using FpBlockKernel = void (*)(const FpBlockArgs& a, at::Tensor& y, at::Tensor* mask);
+extern KernelStub<FpBlockKernel> fp_block_kernel;
+
 }  // namespace quantext

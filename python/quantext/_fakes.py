@@ -153,6 +153,37 @@ def _fake_quant_fp_backward_fake(grad, x, scale, exp_bits, man_bits, special, ax
     return torch.empty_like(x), torch.empty_like(scale)
 
 
+def _fp_blocks_fake(op: str, x, exp_bits, man_bits, special, block_size, scale_format, tensor_scale):
+    check_real(op, x=x)
+    check_fp_args(op, x, exp_bits, man_bits, special, None, 0)
+    if not (1 <= block_size <= 32 and block_size & (block_size - 1) == 0):
+        raise ValueError(f"quantext.{op}: block_size must be a power of two up to 32, got {block_size}")
+    if x.dim() == 0 or x.shape[-1] % block_size:
+        raise ValueError(f"quantext.{op}: block_size={block_size} must divide the last dimension, got input shape "
+                         f"{list(x.shape)}")
+    if scale_format not in ("e8m0", "e4m3"):
+        raise ValueError(f"quantext.{op}: scale_format must be 'e8m0' (MX) or 'e4m3' (NVFP4), got {scale_format!r}")
+    if (scale_format == "e4m3") != (tensor_scale is not None):
+        raise ValueError(f"quantext.{op}: scale_format={scale_format!r} "
+                         f"{'needs a tensor_scale' if scale_format == 'e4m3' else 'takes no tensor_scale'}")
+    if tensor_scale is not None:
+        check_same_device(op, x, tensor_scale=tensor_scale)
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+@torch.library.register_fake("quantext::fake_quant_fp_blocks")
+def _fake_quant_fp_blocks_fake(x, exp_bits, man_bits, special, block_size, scale_format, tensor_scale=None):
+    return _fp_blocks_fake("fake_quant_fp_blocks", x, exp_bits, man_bits, special, block_size, scale_format,
+                           tensor_scale)
+
+
+@torch.library.register_fake("quantext::fake_quant_fp_blocks_masked")
+def _fake_quant_fp_blocks_masked_fake(x, exp_bits, man_bits, special, block_size, scale_format, tensor_scale=None):
+    y = _fp_blocks_fake("fake_quant_fp_blocks_masked", x, exp_bits, man_bits, special, block_size, scale_format,
+                        tensor_scale)
+    return y, x.new_empty(((x.numel() + 31) // 32,), dtype=torch.int32)
+
+
 # ------------------------------------------------------------------ dynamic uniform
 _DYNAMIC_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 

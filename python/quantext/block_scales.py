@@ -9,7 +9,8 @@ input's device (no host sync):
   kernels take; a block that small is all but zero). An all-zero block gets
   ``2^-126``.
 - ``scale_format="e4m3"`` (NVFP4): a float32 tensor scale
-  ``t = amax(x) / (448 * fmax)`` (1 for an all-zero tensor) and per block the
+  ``t = amax(x) / (448 * fmax)`` (1 for an all-zero tensor; see
+  :func:`nvfp4_tensor_scale`) and per block the
   E4M3 value (round to nearest even, saturating at 448) of ``amax_b / (fmax *
   t)``; the block's scale is ``e4m3 * t`` (float32), ``fmax`` the element
   format's largest value (6 for E2M1). A block whose E4M3 scale rounds to 0
@@ -17,14 +18,18 @@ input's device (no host sync):
   subnormal, ``2^-9``.
 
 Non-finite values do not count towards a maximum (they saturate when
-quantized). The elements are then ``scale * Q(x * (1/scale))`` (the ``"fp"``
-op), with the reciprocal exact for E8M0 scales.
+quantized). The elements are then ``scale * Q(x * (1/scale))``, with the
+reciprocal exact for E8M0 scales. The fused op that quantization runs
+(``torch.ops.quantext.fake_quant_fp_blocks``) computes the block scales itself
+by these rules (``csrc/math/fp_math.h``); :func:`block_scales` returns them,
+for inspection and tests.
 """
 
 from __future__ import annotations
 
 import torch
 
+from ._ops import ops
 from .spec import QuantSpec
 
 _MIN_NORMAL = 2.0 ** -126
@@ -33,6 +38,14 @@ _MIN_NORMAL = 2.0 ** -126
 def _finite_abs(x: torch.Tensor) -> torch.Tensor:
     a = x.detach().float().abs()
     return torch.where(torch.isfinite(a), a, 0.0)
+
+
+def nvfp4_tensor_scale(x: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
+    """NVFP4's float32 tensor scale ``amax(x) / (448 * fmax)`` (1 when no finite
+    ``|x|`` exceeds ``2^-126``), 0-dim on x's device. The finite max comes from
+    the dynamic op's one-pass reduction (its symmetric scale over ``qmax = 1``)."""
+    top = ops.dynamic_qparams(x.detach(), -1, 1, True, False, _MIN_NORMAL)[0].float()
+    return torch.where(top > _MIN_NORMAL, top / (448.0 * spec.fp_max), 1.0)
 
 
 def block_scales(x: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
@@ -52,8 +65,7 @@ def block_scales(x: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
         exponent = torch.frexp(amax)[1] - 1 - emax  # floor(log2 amax) - emax; frexp(0) gives 0
         scale = torch.ldexp(torch.ones_like(amax), exponent.clamp(-126, 127))
         return torch.where(amax > 0, scale, _MIN_NORMAL)
-    top = a.amax() if a.numel() else a.new_zeros(())
-    tensor_scale = torch.where(top > 0, top / (448.0 * spec.fp_max), 1.0)
+    tensor_scale = nvfp4_tensor_scale(x, spec)
     e4m3 = (amax / (spec.fp_max * tensor_scale)).clamp(max=448.0).to(torch.float8_e4m3fn).float()
     e4m3 = torch.where(e4m3 > 0, e4m3, 2.0 ** -9)
     return (e4m3 * tensor_scale).clamp_min(_MIN_NORMAL)

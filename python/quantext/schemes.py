@@ -29,7 +29,7 @@ from typing import Any
 import torch
 
 from ._ops import ops
-from .block_scales import block_scales
+from .block_scales import nvfp4_tensor_scale
 from .functional import bool_arg, int_arg, lsq_grad_factor, tensor_arg, weight_normalize
 from .spec import MIN_SCALE, QuantSpec
 
@@ -37,6 +37,7 @@ _FAKE_QUANT_UNIFORM = ops.fake_quant_uniform.default
 _FAKE_QUANT_LEVELS = ops.fake_quant_levels.default
 _FAKE_QUANT_DYNAMIC = ops.fake_quant_dynamic.default
 _FAKE_QUANT_FP = ops.fake_quant_fp.default
+_FAKE_QUANT_FP_BLOCKS = ops.fake_quant_fp_blocks.default
 
 
 def _scheme_arg(scheme: Any) -> str:
@@ -190,10 +191,9 @@ def _fake_quant(x: torch.Tensor, spec: QuantSpec, scale=None, zero_point=None, a
     if spec.scheme == "fp":
         if spec.dynamic:
             _check_unused(spec, scale=scale, zero_point=zero_point, alpha=alpha)
-            s = block_scales(x, spec)
-        else:
-            _check_unused(spec, zero_point=zero_point, alpha=alpha)
-            s = _param(scale, "scale", spec, x)
+            return _fake_quant_blocks(x, spec)
+        _check_unused(spec, zero_point=zero_point, alpha=alpha)
+        s = _param(scale, "scale", spec, x)
         # LSQ's factor with the format's positive codes for the levels of a uniform grid
         factor = lsq_grad_factor(x.numel() // max(s.numel(), 1), (1 << (spec.bits - 1)) - 1) if spec.learnable else 1.0
         return _FAKE_QUANT_FP(x, s, spec.exp_bits, spec.bits - 1 - spec.exp_bits, spec.resolved_fp_special,
@@ -206,6 +206,17 @@ def _fake_quant(x: torch.Tensor, spec: QuantSpec, scale=None, zero_point=None, a
     a = _levels_alpha(x, spec, scale, zero_point, alpha)
     return _FAKE_QUANT_LEVELS(_normalized(x, spec), a, spec.scheme, spec.bits, spec.signed, spec.k, spec.rounding,
                               spec.per_channel_axis, 1.0)
+
+
+def _fake_quant_blocks(x: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
+    """A block-scaled fp spec: the fused op along the last dimension (the spec's axis moved there and back)."""
+    axis = spec.axis % x.dim() if x.dim() else 0
+    last = axis == x.dim() - 1
+    moved = x if last else x.movedim(axis, -1)
+    tensor_scale = nvfp4_tensor_scale(moved, spec) if spec.scale_format == "e4m3" else None
+    y = _FAKE_QUANT_FP_BLOCKS(moved, spec.exp_bits, spec.bits - 1 - spec.exp_bits, spec.resolved_fp_special,
+                              spec.group_size, spec.scale_format, tensor_scale)
+    return y if last else y.movedim(-1, axis)
 
 
 def quantize(x: torch.Tensor, spec: QuantSpec, scale: torch.Tensor | float | None = None,

@@ -224,6 +224,10 @@ class QuantSpec:
         if self.dynamic and (self.granularity != "group" or self.learnable):
             raise ValueError(f"block-scaled fp specs take granularity='group' and computed scales (learnable=False), "
                              f"got granularity={self.granularity!r}, learnable={self.learnable}")
+        if self.dynamic and (self.group_size or 0) & ((self.group_size or 0) - 1) or self.dynamic and \
+                not 1 <= self.group_size <= 32:
+            raise ValueError(f"block-scaled fp specs take blocks of a power of two up to 32 elements, got "
+                             f"group_size={self.group_size}")
 
     @property
     def resolved_fp_special(self) -> str:

@@ -92,8 +92,32 @@ def test_bad_block_specs():
         qx.QuantSpec(scheme="fp", bits=4, exp_bits=2, scale_format="e8m0", granularity="group", group_size=32)
     with pytest.raises(ValueError, match="scale_format='e8m0' is for block-scaled"):
         qx.QuantSpec(scale_format="e8m0")
-    with pytest.raises(ValueError, match="does not divide"):
+    with pytest.raises(ValueError, match="block_size=32 must divide the last dimension"):
         qx.fake_quant(torch.randn(3, 40), fp_spec("mxfp4"))
+    with pytest.raises(ValueError, match="power of two up to 32"):
+        fp_spec("mxfp4", group_size=48)
+
+
+@pytest.mark.parametrize("name", ["mxfp8", "mxfp8_e5m2", "mxfp6_e3m2", "mxfp4", "nvfp4"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
+def test_fused_op_equals_the_block_scales_composition(name, dtype):
+    """The op computes each block's scale in its kernel; quantext.block_scales (tensor ops) and the
+    scaled fp op give the same values, and the same clip mask (gradient)."""
+    spec = fp_spec(name)
+    x = data(rows=12, cols=128, seed=3)
+    x[2, 7], x[3, 9], x[4, 0] = float("inf"), float("nan"), 3e-41  # non-finite, float32 subnormal
+    x = x.to(dtype)
+    scales = block_scales(x, spec)
+    expected = qx.ops.fake_quant_fp(x, scales, spec.exp_bits, spec.bits - 1 - spec.exp_bits,
+                                    spec.resolved_fp_special, 1, spec.group_size)
+    xg = x.clone().requires_grad_()
+    y = qx.fake_quant(xg, spec)
+    assert torch.equal(y.detach().nan_to_num(7.0), expected.nan_to_num(7.0))
+    dy = torch.randn_like(y)
+    y.backward(dy)
+    acc = torch.float64 if dtype == torch.float64 else torch.float32  # the kernels' compute type
+    inv = (1.0 / scales).to(acc).repeat_interleave(spec.group_size, dim=1)  # the reciprocal in float32
+    assert torch.equal(xg.grad, torch.where((x.to(acc) * inv).abs() <= spec.fp_max, dy, 0.0))
 
 
 def test_qat_with_mxfp4_weights_and_mxfp8_activations():
