@@ -229,6 +229,23 @@ def configs() -> list[Config]:
     return rows
 
 
+def fp_configs() -> list[Config]:
+    """The floating-point formats' rows (``--rows fp``; docs/fp.md): FP8 E4M3
+    with float32 scales (per output channel for weights, per tensor for
+    activations, calibrated), and the block-scaled MXFP8, MXFP4 (with MXFP8
+    activations) and NVFP4, whose scales come from each block."""
+    QC, fp = qx.QConfig, qx.spec.fp_spec
+    return [Config("float", "float", "float", lambda: None),
+            Config("FP8", "E4M3 per channel", "E4M3 per tensor, static",
+                   lambda: QC(weight=fp("e4m3", granularity="channel", axis=0), activation=fp("e4m3")), weight_bits=8),
+            Config("MXFP8", "MXFP8 (E4M3, blocks of 32)", "MXFP8", lambda: QC(weight=fp("mxfp8"), activation=fp("mxfp8")),
+                   weight_bits=8),
+            Config("MXFP4-A8", "MXFP4 (E2M1, blocks of 32)", "MXFP8",
+                   lambda: QC(weight=fp("mxfp4"), activation=fp("mxfp8")), weight_bits=4),
+            Config("NVFP4", "NVFP4 (E2M1, blocks of 16)", "NVFP4",
+                   lambda: QC(weight=fp("nvfp4"), activation=fp("nvfp4")), weight_bits=4)]
+
+
 # ----------------------------------------------------------------------------- training, evaluation
 def windows(data: torch.Tensor, context: int, batch: int,
             generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -470,6 +487,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument("--out", default="docs/text_lm.md", help="Markdown output (default docs/text_lm.md)")
     parser.add_argument("--quick", action="store_true", help="smoke test: a tiny model, one seed, a few steps")
+    parser.add_argument("--rows", choices=("int", "fp"), default="int",
+                        help="the integer formats' rows (default) or the floating-point formats' (fp_configs)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     recipe = QUICK if args.quick else Recipe()
@@ -479,7 +498,8 @@ def main() -> None:
         recipe = dataclasses.replace(recipe, float_steps=args.float_steps)
     seeds = [0] if args.quick else list(range(args.seeds))
     command = " ".join(["python", os.path.relpath(sys.argv[0])] + sys.argv[1:])
-    run(recipe, seeds, configs(), args.out, command, log=lambda line: print(line, flush=True))
+    rows = fp_configs() if args.rows == "fp" else configs()
+    run(recipe, seeds, rows, args.out, command, log=lambda line: print(line, flush=True))
 
 
 if __name__ == "__main__":

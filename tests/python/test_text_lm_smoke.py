@@ -57,3 +57,18 @@ def test_quick_run_learns_and_quantizes(text_lm, tmp_path):
     assert "python examples/text_lm.py --quick" in text.splitlines()[3]
     assert text.count("\n| ") == len(rows) + 1  # header and one line per row
     assert "W4A8 (int8 per tensor, static) QAT" in text
+
+
+def test_quick_run_of_the_floating_point_rows(text_lm):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        table = text_lm.run(text_lm.QUICK, [0], text_lm.fp_configs(), None, "python examples/text_lm.py --quick "
+                            "--rows fp", log=lambda line: None)
+    finally:
+        torch.set_num_threads(threads)
+    by_label = {e["config"].label: e for e in table}
+    assert list(by_label) == ["float", "FP8", "MXFP8", "MXFP4-A8", "NVFP4"]
+    for label in ("FP8", "MXFP8", "MXFP4-A8", "NVFP4"):
+        assert by_label[label]["ptq_ratio"][0] < 1.10, label
+        assert by_label[label]["qat_ratio"][0] < 1.05, label
