@@ -76,7 +76,8 @@ def measure(n: int, repeats: int, device: str) -> list[list[object]]:
             fns["torchao fwd+bwd"] = fwd_bwd(lambda: fq(xg), g, (xg,))
         t = interleaved_medians(fns, repeats, device)
         ours, both = t["fwd"], t["fwd+bwd"]
-        ao = [t[k] / ref if k in t else "not supported" for k, ref in (("torchao fwd", ours), ("torchao fwd+bwd", both))]
+        ao = [t[k] / ref if k in t else "not supported"
+              for k, ref in (("torchao fwd", ours), ("torchao fwd+bwd", both))]
         rows.append([f"{n:.0e}", granularity, "symmetric int8" if symmetric else "asymmetric " +
                      ("int8" if per_token else "uint8"), ours * 1e3, both * 1e3, *ao,
                      t["composition fwd"] / ours, t["composition fwd+bwd"] / both])

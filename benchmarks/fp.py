@@ -66,7 +66,8 @@ def measure(n: int, repeats: int, device: str) -> list[list[object]]:
     s = torch.tensor(float(x.abs().max()) / 448.0, device=device)
     u8 = qx.QuantSpec(bits=8)
     u4 = qx.QuantSpec(bits=4, granularity="group", axis=1, group_size=32)
-    s8, z8 = torch.tensor(float(x.abs().max()) / 127.0, device=device), torch.zeros((), dtype=torch.int32, device=device)
+    s8 = torch.tensor(float(x.abs().max()) / 127.0, device=device)
+    z8 = torch.zeros((), dtype=torch.int32, device=device)
     s4 = x.abs().unflatten(1, (-1, 32)).amax(-1) / 7
     e4m3 = fp_spec("e4m3")
     fns = {"uniform8": lambda: qx.fake_quant(x, u8, scale=s8, zero_point=z8),

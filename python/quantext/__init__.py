@@ -21,7 +21,7 @@ from .model_calibration import CalibrationReport, calibrate, calibration_report
 from .prepare import Coverage, coverage, prepare_qat
 from .qat import disable_quant, enable_quant, freeze_bn, quantizers
 from .schemes import apot_decode_table, dequantize, dynamic_qparams, fake_quant, levels, quantize
-from .spec import QConfig, QuantSpec
+from .spec import QConfig, QuantSpec, fp_spec
 
 __version__ = "0.1.0"
 
@@ -41,8 +41,9 @@ def __dir__() -> list[str]:
 
 
 __all__ = ["ops", "fake_quant_uniform", "uniform_bounds", "set_value_checks", "__version__"]
-__all__ += ["nn", "QuantSpec", "QConfig", "prepare_qat", "calibrate", "freeze_bn", "convert", "enable_quant",
-            "disable_quant", "quantizers", "coverage", "Coverage", "calibration_report", "CalibrationReport"]
+__all__ += ["nn", "QuantSpec", "QConfig", "fp_spec", "prepare_qat", "calibrate", "freeze_bn", "convert",
+            "enable_quant", "disable_quant", "quantizers", "coverage", "Coverage", "calibration_report",
+            "CalibrationReport"]
 __all__ += ["export", "export_onnx"]
 __all__ += ["calibration", "histogram", "magnitude_histogram", "compute_clip", "aciq_ratio", "HistogramObserver"]
 __all__ += ["fake_quant", "quantize", "dequantize", "dynamic_qparams", "levels", "apot_decode_table"]

@@ -206,10 +206,11 @@ class QuantSpec:
                              f"exp_bits={self.exp_bits}")
         special = self.resolved_fp_special
         if special == "ieee" and self.exp_bits < 2 or special == "fn" and man_bits < 1:
-            raise ValueError(f"fp_special={special!r} needs {'exp_bits >= 2' if special == 'ieee' else 'a mantissa bit'}"
-                             f" (it reserves codes of the top exponent), got E{self.exp_bits}M{man_bits}")
-        for name, ok in (("signed", self.signed), ("symmetric", self.symmetric), ("narrow_range", not self.narrow_range),
-                         ("weight_norm", not self.weight_norm),
+            need = "exp_bits >= 2" if special == "ieee" else "a mantissa bit"
+            raise ValueError(f"fp_special={special!r} needs {need} (it reserves codes of the top exponent), got "
+                             f"E{self.exp_bits}M{man_bits}")
+        for name, ok in (("signed", self.signed), ("symmetric", self.symmetric),
+                         ("narrow_range", not self.narrow_range), ("weight_norm", not self.weight_norm),
                          ("sign_from_data", not self.sign_from_data)):
             if not ok:
                 raise ValueError(f"scheme='fp' is a signed format with no zero point: {name}={getattr(self, name)} "

@@ -25,5 +25,6 @@ from .ranges import ACIQ_PRIORS, ACIQ_SIGMAS, KL_VARIANTS, aciq_ratio, magnitude
 from .stats import HistogramStats
 
 __all__ = ["compute_clip", "make_observer", "HistogramObserver", "histogram", "magnitude_histogram", "Observer",
-           "MinMaxObserver", "GroupMinMaxObserver", "GroupMSEObserver", "aciq_ratio", "magnitude_levels", "range_from_stats",
+           "MinMaxObserver", "GroupMinMaxObserver", "GroupMSEObserver", "aciq_ratio", "magnitude_levels",
+           "range_from_stats",
            "HistogramStats", "KL_VARIANTS", "ACIQ_PRIORS", "ACIQ_SIGMAS"]

@@ -164,8 +164,9 @@ def _register_schemas() -> None:
     onnx.defs.register_schema(OpSchema(
         FP, DOMAIN, 1, inputs=[param("x", "T"), param("scale", "S")], outputs=[param("y", "T")],
         type_constraints=common,
-        attributes=[attr("exp_bits", ints, ""), attr("man_bits", ints, ""), attr("special", OpSchema.AttrType.STRING, ""),
-                    attr("axis", ints, ""), attr("group_size", ints, ""), attr("call_index", ints, "")]))
+        attributes=[attr("exp_bits", ints, ""), attr("man_bits", ints, ""),
+                    attr("special", OpSchema.AttrType.STRING, ""), attr("axis", ints, ""), attr("group_size", ints, ""),
+                    attr("call_index", ints, "")]))
     onnx.defs.register_schema(OpSchema(
         DYNAMIC, DOMAIN, 1, inputs=[param("x", "T")], outputs=[param("y", "T")], type_constraints=common[:1],
         attributes=[attr("qmin", ints, ""), attr("qmax", ints, ""), attr("symmetric", ints, ""),

@@ -260,7 +260,8 @@ def fp_levels(exp_bits: int, man_bits: int, special: str) -> np.ndarray:
     bias = (1 << (exp_bits - 1)) - 1
     top = fp_max(exp_bits, man_bits, special)
     mantissas = np.arange(1 << man_bits) / (1 << man_bits)
-    values = [mantissas * 2.0 ** (1 - bias)] + [(1 + mantissas) * 2.0 ** e for e in range(1 - bias, (1 << exp_bits) - bias)]
+    binades = range(1 - bias, (1 << exp_bits) - bias)
+    values = [mantissas * 2.0 ** (1 - bias)] + [(1 + mantissas) * 2.0 ** e for e in binades]
     values = np.unique(np.concatenate(values))
     return values[values <= top] / top
 

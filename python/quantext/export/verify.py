@@ -44,8 +44,8 @@ class VerificationError(Exception):
 
 # Kernels of ONNX Runtime's optimized CPU graph that compute on integers.
 INT8_KERNELS = ("QLinearConv", "QGemm", "QLinearMatMul", "QLinearAdd", "QLinearMul", "MatMulInteger",
-                "ConvInteger", "MatMulIntegerToFloat", "DynamicQuantizeMatMul", "QLinearGlobalAveragePool", "QLinearAveragePool",
-                "QLinearConcat", "QLinearSigmoid", "QLinearLeakyRelu", "QLinearSoftmax", "QLinearReduceMean")
+                "ConvInteger", "MatMulIntegerToFloat", "DynamicQuantizeMatMul", "QLinearGlobalAveragePool",
+                "QLinearAveragePool", "QLinearConcat", "QLinearSigmoid", "QLinearLeakyRelu", "QLinearSoftmax", "QLinearReduceMean")
 # Its float kernels for the layers that a quantized model means to run as integers.
 FLOAT_KERNELS = ("Conv", "FusedConv", "NhwcFusedConv", "Gemm", "FusedGemm", "MatMul", "FusedMatMul")
 
