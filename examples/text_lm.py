@@ -229,6 +229,9 @@ def configs() -> list[Config]:
     return rows
 
 
+FP_LABELS = ("FP8", "MXFP8", "MXFP4-A8", "NVFP4")
+
+
 def fp_configs() -> list[Config]:
     """The floating-point formats' rows (``--rows fp``; docs/fp.md): FP8 E4M3
     with float32 scales (per output channel for weights, per tensor for
@@ -410,7 +413,19 @@ def document(table: list[dict], corpus: Corpus, recipe: Recipe, seeds: list[int]
              params: int) -> str:
     r = recipe
     low = ", ".join(f"{r.qat_steps * f} at {b} bits" for b, f in LOW_BIT_STEPS.items())
-    lsq = " and ".join(e["config"].label for e in table if e["config"].lsq) or "no row"
+    learned = [e["config"].label for e in table if e["config"].lsq]
+    lsq = f"{' and '.join(learned)} learn their scales" if learned else "no row learns its scales"
+    if any(e["config"].label in FP_LABELS for e in table):
+        quantized = ("Quantized: every layer (`prepare_qat(first_last_bits=None)`): the byte and position tables, the "
+                     "tied head (one quantizer shared with the table), the attention and MLP projections; LayerNorm, "
+                     "the attention core (scores, softmax) and GELU stay in float. FP8: E4M3 weights with a scale "
+                     "per output channel and E4M3 activations with one per tensor, from the max on the calibration "
+                     "batches (the residual adds' quantizers included). MXFP8 / MXFP4 / NVFP4: block scales computed "
+                     "from each block of 32 (MX, E8M0 scales) or 16 (NVFP4, E4M3 scales and a tensor scale) "
+                     "elements along the input dimension in every forward pass, weights and activations alike; "
+                     "nothing calibrated or learned (docs/fp.md).")
+    else:
+        quantized = None
     if any("dynamic" in e["config"].activations for e in table):
         dynamic = ("Dynamic activations (the -dyn rows; `QConfig.int8_dynamic`, "
                    "`QConfig.int8_dynamic_int4_weight`): signed symmetric int8 with one scale per token computed "
@@ -440,6 +455,7 @@ def document(table: list[dict], corpus: Corpus, recipe: Recipe, seeds: list[int]
         f"windows of {r.context} (every byte scored; a uniform guess gets 256, the training bytes' frequencies "
         f"{unigram:.2f}). Mean ± sample standard deviation over {len(seeds)} seed(s) (initialization and data "
         f"order); the ratios are per seed, then averaged.",
+        quantized or
         "Quantized: every layer (`prepare_qat(first_last_bits=None)`): the byte and position tables, the tied head "
         "(one quantizer shared with the table), the attention and MLP projections; LayerNorm, the attention core "
         "(scores, softmax) and GELU stay in float. Static activations: per-tensor signed symmetric int8, range by "
@@ -447,8 +463,8 @@ def document(table: list[dict], corpus: Corpus, recipe: Recipe, seeds: list[int]
         f"{dynamic} Weights: per channel (int8, narrow range) or per group along the input dimension "
         "(`QConfig.weight_only`), ranges from the max.",
         f"PTQ: `qx.calibrate` on {r.calibration_batches} training batches, no training. QAT: the PTQ model "
-        f"fine-tuned {r.qat_steps} steps at lr {r.qat_lr} ({low}), cosine to a tenth, no warm-up; {lsq} learn "
-        f"their scales (LSQ, lr {r.quant_lr} times the scale's size), the others keep the calibrated ones. The "
+        f"fine-tuned {r.qat_steps} steps at lr {r.qat_lr} ({low}), cosine to a tenth, no warm-up; {lsq} "
+        f"(LSQ, lr {r.quant_lr} times the scale's size), the others keep the calibrated ones. The "
         "float row's QAT column is the float model fine-tuned with the same recipe: the part of a QAT gain that "
         "the extra steps alone give.",
         target_line(table),
