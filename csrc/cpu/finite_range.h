@@ -1,5 +1,6 @@
-// The range of the finite values of a run, vectorized: what the dynamic ops
-// (per tensor, per token, per block) derive their parameters from.
+// The range (or the largest magnitude) of the finite values of a run,
+// vectorized: what the dynamic ops (per tensor, per token) and the block-scaled
+// formats (per block) derive their parameters from.
 #pragma once
 
 #include <ATen/cpu/vec/functional.h>
@@ -48,21 +49,57 @@ Range<T> finite_range(const T* x, int64_t n) {
   return r;
 }
 
-// finite_range of a float16/bfloat16 run, converted to float in L1-sized blocks.
-template <typename acc_t, typename scalar_t>
-Range<acc_t> run_range(const scalar_t* x, int64_t n) {
+// The largest finite |x[i]| of x[0, n), 0 if there is none: a block's maximum
+// for the block-scaled formats (one accumulator, reduced across lanes by
+// shuffles: a block is a few vectors, and its reduction is per-block overhead).
+template <typename T>
+T finite_absmax(const T* x, int64_t n) {
+  using V = at::vec::Vectorized<T>;
+  const V zero(0);
+  V acc(0);
+  int64_t i = 0;
+  for (; i + V::size() <= n; i += V::size()) {
+    const V v = V::loadu(x + i);
+    acc = at::vec::maximum(acc, V::blendv(zero, v.abs(), (v - v) == zero));
+  }
+  T m = at::vec::vec_reduce_all<T>([](const V& a, const V& b) { return at::vec::maximum(a, b); }, acc);
+  for (; i < n; ++i) {
+    const T a = std::abs(x[i]);
+    if (x[i] - x[i] == T(0) && a > m) m = a;
+  }
+  return m;
+}
+
+// reduce(x, n) of a run, a float16/bfloat16 one converted to float in L1-sized
+// blocks whose results are merged.
+template <typename acc_t, typename scalar_t, typename Reduce, typename Merge>
+auto reduce_run(const scalar_t* x, int64_t n, const Reduce& reduce, const Merge& merge) {
   if constexpr (std::is_same_v<acc_t, scalar_t>) {
-    return finite_range(x, n);
+    return reduce(x, n);
   } else {
     acc_t buf[kConvertBlock];
-    Range<acc_t> r;
+    decltype(reduce(buf, n)) r{};
     for (int64_t i = 0; i < n; i += kConvertBlock) {
       const int64_t m = std::min(kConvertBlock, n - i);
       at::vec::convert(x + i, buf, m);
-      r = r.merge(finite_range(buf, m));
+      r = merge(r, reduce(buf, m));
     }
     return r;
   }
+}
+
+template <typename acc_t, typename scalar_t>
+Range<acc_t> run_range(const scalar_t* x, int64_t n) {
+  return reduce_run<acc_t>(
+      x, n, [](const acc_t* v, int64_t m) { return finite_range(v, m); },
+      [](const Range<acc_t>& a, const Range<acc_t>& b) { return a.merge(b); });
+}
+
+template <typename acc_t, typename scalar_t>
+acc_t run_absmax(const scalar_t* x, int64_t n) {
+  return reduce_run<acc_t>(
+      x, n, [](const acc_t* v, int64_t m) { return finite_absmax(v, m); },
+      [](acc_t a, acc_t b) { return std::max(a, b); });
 }
 
 }  // namespace cpu

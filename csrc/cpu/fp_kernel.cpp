@@ -44,10 +44,11 @@ void for_each_fp_item(const FpArgs& a, const F& fn) {
 }
 
 void forward(const FpArgs& a, at::Tensor& y) {
+  const RawData x = RawData::in(a.c.x), out = RawData::out(y);
   for_each_fp_item<0>(a, [&](auto tag, int64_t, int64_t begin, int64_t len, auto& src, const auto& g) {
     using scalar_t = decltype(tag);
     using acc_t = acc_type<scalar_t>;
-    map_run<acc_t>(a.c.x.const_data_ptr<scalar_t>() + begin, y.mutable_data_ptr<scalar_t>() + begin, len, src,
+    map_run<acc_t>(x.at<const scalar_t>(begin), out.at<scalar_t>(begin), len, src,
                    [&]<typename P>(typename P::V v, const auto& l) {
                      return math::fp_forward<P>(v, params_of<P>(l), splat_grid<P>(g));
                    });
@@ -56,12 +57,13 @@ void forward(const FpArgs& a, at::Tensor& y) {
 
 void forward_masked(const FpArgs& a, at::Tensor& y, at::Tensor& mask) {
   auto* words = reinterpret_cast<uint32_t*>(mask.mutable_data_ptr<int32_t>());
+  const RawData x = RawData::in(a.c.x), out = RawData::out(y);
   for_each_fp_item<0>(a, [&](auto tag, int64_t, int64_t begin, int64_t len, auto& src, const auto& g) {
     using scalar_t = decltype(tag);
     using acc_t = acc_type<scalar_t>;
     MaskWriter bits(words, begin, len);
-    map_run_masked<acc_t>(a.c.x.const_data_ptr<scalar_t>() + begin, y.mutable_data_ptr<scalar_t>() + begin, len, bits,
-                          src, [&]<typename P>(typename P::V v, const auto& l) {
+    map_run_masked<acc_t>(x.at<const scalar_t>(begin), out.at<scalar_t>(begin), len, bits, src,
+                          [&]<typename P>(typename P::V v, const auto& l) {
                             return math::fp_forward_masked<P>(v, params_of<P>(l), splat_grid<P>(g));
                           });
   });
@@ -69,18 +71,18 @@ void forward_masked(const FpArgs& a, at::Tensor& y, at::Tensor& mask) {
 
 at::Tensor backward(const FpArgs& a, const at::Tensor& dy, at::Tensor& dx, bool param_grads) {
   at::Tensor partials = a.c.partials(param_grads ? 1 : 0, at::kDouble);
+  const GradData data(dy, a.c.x, dx, partials);
   with_flag(param_grads, [&](auto sums) {
     constexpr bool kSum = decltype(sums)::value;
-    for_each_fp_item<kSum ? 1 : 0>(a,
-                                   [&](auto tag, int64_t item, int64_t begin, int64_t len, auto& src, const auto& g) {
-                                     using scalar_t = decltype(tag);
-                                     grad_item<kSum, acc_type<scalar_t>, scalar_t>(
-                                         dy, a.c.x, dx, partials, item, begin, len, src,
-                                         [&]<typename P>(typename P::V d, typename P::V v, const auto& l) {
-                                           const auto r = math::fp_backward<P>(d, v, params_of<P>(l), splat_grid<P>(g));
-                                           return std::pair{r.dx, std::array{r.dscale}};
-                                         });
-                                   });
+    for_each_fp_item<kSum ? 1 : 0>(
+        a, [&](auto tag, int64_t item, int64_t begin, int64_t len, auto& src, const auto& g) {
+          using scalar_t = decltype(tag);
+          grad_item<kSum, acc_type<scalar_t>, scalar_t>(
+              data, item, begin, len, src, [&]<typename P>(typename P::V d, typename P::V v, const auto& l) {
+                const auto r = math::fp_backward<P>(d, v, params_of<P>(l), splat_grid<P>(g));
+                return std::pair{r.dx, std::array{r.dscale}};
+              });
+        });
   });
   return partials;
 }

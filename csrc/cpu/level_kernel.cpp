@@ -56,39 +56,42 @@ void for_each_level_item(const LevelArgs& a, const F& fn) {
 }
 
 void forward(const LevelArgs& a, at::Tensor& y) {
+  const RawData x = RawData::in(a.c.x), out = RawData::out(y);
   for_each_level_item<0>(
       a, [&](auto tag, auto search, const auto& grid, int64_t, int64_t begin, int64_t len, auto& src) {
         using scalar_t = decltype(tag);
         using S = decltype(search);
         map_run<acc_type<decltype(tag)>>(
-            a.c.x.const_data_ptr<scalar_t>() + begin, y.mutable_data_ptr<scalar_t>() + begin, len, src,
+            x.at<const scalar_t>(begin), out.at<scalar_t>(begin), len, src,
             [&]<typename P>(typename P::V v, const auto& l) { return math::levels_forward<P, S>(v, l[0], grid); });
       });
 }
 
 void forward_masked(const LevelArgs& a, at::Tensor& y, at::Tensor& mask) {
   auto* words = reinterpret_cast<uint32_t*>(mask.mutable_data_ptr<int32_t>());
-  for_each_level_item<0>(a, [&](auto tag, auto search, const auto& grid, int64_t, int64_t begin, int64_t len,
-                                auto& src) {
-    using scalar_t = decltype(tag);
-    using S = decltype(search);
-    MaskWriter bits(words, begin, len);
-    map_run_masked<acc_type<decltype(tag)>>(
-        a.c.x.const_data_ptr<scalar_t>() + begin, y.mutable_data_ptr<scalar_t>() + begin, len, bits, src,
-        [&]<typename P>(typename P::V v, const auto& l) { return math::levels_forward_masked<P, S>(v, l[0], grid); });
-  });
+  const RawData x = RawData::in(a.c.x), out = RawData::out(y);
+  for_each_level_item<0>(
+      a, [&](auto tag, auto search, const auto& grid, int64_t, int64_t begin, int64_t len, auto& src) {
+        using scalar_t = decltype(tag);
+        using S = decltype(search);
+        MaskWriter bits(words, begin, len);
+        map_run_masked<acc_type<decltype(tag)>>(x.at<const scalar_t>(begin), out.at<scalar_t>(begin), len, bits, src,
+                                                [&]<typename P>(typename P::V v, const auto& l) {
+                                                  return math::levels_forward_masked<P, S>(v, l[0], grid);
+                                                });
+      });
 }
 
 at::Tensor backward(const LevelArgs& a, const at::Tensor& dy, at::Tensor& dx, bool alpha_grad) {
   at::Tensor partials = a.c.partials(alpha_grad ? 1 : 0, at::kDouble);
+  const GradData data(dy, a.c.x, dx, partials);
   with_flag(alpha_grad, [&](auto sums) {
     constexpr bool kSum = decltype(sums)::value;
     for_each_level_item<kSum ? 1 : 0>(
         a, [&](auto tag, auto search, const auto& grid, int64_t item, int64_t begin, int64_t len, auto& src) {
           using S = decltype(search);
           grad_item<kSum, acc_type<decltype(tag)>, decltype(tag)>(
-              dy, a.c.x, dx, partials, item, begin, len, src,
-              [&]<typename P>(typename P::V d, typename P::V v, const auto& l) {
+              data, item, begin, len, src, [&]<typename P>(typename P::V d, typename P::V v, const auto& l) {
                 const auto r = math::levels_backward<P, S>(d, v, l[0], grid);
                 return std::pair{r.dx, std::array{r.dalpha}};
               });
