@@ -8,7 +8,8 @@ peers' emulations, measured in the same run on ``[n / 256, 256]`` tensors:
   scales and a tensor scale), scales computed from each block's max, against
   the uniform int4 op per group of 32 and against torchao's emulation
   (``to_mx`` + ``to_dtype``, ``nvfp4_quantize`` + dequantization) where
-  torchao imports.
+  torchao imports; "nvfp4 static" is NVFP4 with a given tensor scale (one
+  pass over the input; the dynamic tensor scale needs a second).
 
 Ratios above 1: quantext is faster; "/ uniform" is quantext's time over the
 uniform op's (target: at most 1.3).
@@ -85,11 +86,16 @@ def measure(n: int, repeats: int, device: str) -> list[list[object]]:
         peer = torchao_emulation(name)
         if peer is not None:
             fns[name + " peer"] = lambda peer=peer: peer(x)
+    # NVFP4 with a given tensor scale (the op's tensor_scale): one pass over x instead of two
+    ts = x.abs().amax() / (448.0 * 6.0)
+    fns["nvfp4 static"] = lambda: qx.ops.fake_quant_fp_blocks(x, 2, 1, "finite", 16, "e4m3", ts)
+    fns["nvfp4 static bwd"] = fwd_bwd(lambda: qx.ops.fake_quant_fp_blocks(xg, 2, 1, "finite", 16, "e4m3", ts), g, (xg,))
     t = interleaved_medians(fns, repeats, device)
     rows = []
     for name, uniform, peer_name in (("e4m3", "uniform8", "composition"), ("mxfp8", "uniform4", "torchao"),
-                                     ("mxfp4", "uniform4", "torchao"), ("nvfp4", "uniform4", "torchao")):
-        peer = t.get(name + " peer")
+                                     ("mxfp4", "uniform4", "torchao"), ("nvfp4", "uniform4", "torchao"),
+                                     ("nvfp4 static", "uniform4", "torchao")):
+        peer = t.get(name.split()[0] + " peer")  # (static NVFP4 against torchao's NVFP4)
         peer_bwd = t.get(name + " peer bwd")
         rows.append([f"{n:.0e}", name, t[name] * 1e3, t[name + " bwd"] * 1e3, t[name] / t[uniform],
                      t[name + " bwd"] / t[uniform + " bwd"], peer_name,

@@ -9,6 +9,7 @@
 
 #include "ops/backward_host.h"
 #include "ops/clip_mask.h"
+#include "ops/dynamic.h"
 #include "ops/value_checks.h"
 
 namespace quantext {
@@ -50,6 +51,25 @@ FpArgs prepare_fp(const char* op, const at::Tensor& x, const at::Tensor& scale, 
   return {std::move(c), std::move(flat), format};
 }
 
+namespace {
+
+// NVFP4's tensor scale amax(x) / (448 * fp_max) over the finite |x| (1 when
+// none exceeds 2^-126), from the dynamic op's one-pass finite-max reduction
+// (its symmetric scale over qmax = 1), left on x's device: no host sync.
+at::Tensor nvfp4_tensor_scale(const char* op, const at::Tensor& x, double fp_max) {
+  constexpr double kMinNormal = 1.17549435082228750797e-38;  // 2^-126
+  const auto f32 = x.options().dtype(at::kFloat);
+  if (x.numel() == 0) return at::ones({}, f32);
+  const DynamicArgs d = prepare_dynamic(op, x, -1, 1, true, false, kMinNormal);
+  at::Tensor top = at::empty({1}, x.scalar_type() == at::kDouble ? x.options() : f32);
+  at::Tensor zero_point = at::empty({1}, x.options().dtype(at::kInt));
+  dynamic_kernel(x.device().type())(d, nullptr, nullptr, top, zero_point);
+  top = top.to(at::kFloat).reshape({});
+  return at::where(top > kMinNormal, top / (448.0 * fp_max), at::ones_like(top));
+}
+
+}  // namespace
+
 FpBlockArgs prepare_fp_blocks(const char* op, const at::Tensor& x, int64_t exp_bits, int64_t man_bits,
                               c10::string_view special, int64_t block_size, c10::string_view scale_format,
                               const std::optional<at::Tensor>& tensor_scale) {
@@ -64,10 +84,11 @@ FpBlockArgs prepare_fp_blocks(const char* op, const at::Tensor& x, int64_t exp_b
   TORCH_CHECK_VALUE(scale_format == "e8m0" || scale_format == "e4m3", op,
                     ": scale_format must be 'e8m0' (MX) or 'e4m3' (NVFP4), got '", scale_format, "'");
   const bool nv = scale_format == "e4m3";
-  TORCH_CHECK_VALUE(nv == tensor_scale.has_value(), op, ": scale_format='", scale_format, "' ",
-                    nv ? "needs a tensor_scale" : "takes no tensor_scale");
+  TORCH_CHECK_VALUE(nv || !tensor_scale.has_value(), op, ": scale_format='e8m0' takes no tensor_scale");
   at::Tensor ts;
-  if (nv) {
+  if (nv && !tensor_scale.has_value()) {
+    ts = nvfp4_tensor_scale(op, x, format.max_value);
+  } else if (nv) {
     ts = *tensor_scale;
     TORCH_CHECK_TYPE(ts.scalar_type() == at::kFloat, op, ": tensor_scale must be float32, got ", ts.scalar_type());
     TORCH_CHECK_VALUE(ts.numel() == 1, op, ": tensor_scale must have one element, got shape ", ts.sizes());
@@ -156,7 +177,8 @@ TORCH_LIBRARY_FRAGMENT(quantext, m) {
   m.def(
       "fake_quant_fp_backward(Tensor grad, Tensor x, Tensor scale, int exp_bits, int man_bits, str special, "
       "int? axis, int group_size, float grad_factor, bool param_grads) -> (Tensor, Tensor)");
-  // Block-scaled (MX: E8M0 scales; NVFP4: E4M3 scales times tensor_scale) along the last dimension.
+  // Block-scaled (MX: E8M0 scales; NVFP4: E4M3 scales times tensor_scale, from x when not given) along the
+  // last dimension.
   m.def(
       "fake_quant_fp_blocks(Tensor x, int exp_bits, int man_bits, str special, int block_size, str scale_format, "
       "Tensor? tensor_scale=None) -> Tensor");

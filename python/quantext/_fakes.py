@@ -163,9 +163,8 @@ def _fp_blocks_fake(op: str, x, exp_bits, man_bits, special, block_size, scale_f
                          f"{list(x.shape)}")
     if scale_format not in ("e8m0", "e4m3"):
         raise ValueError(f"quantext.{op}: scale_format must be 'e8m0' (MX) or 'e4m3' (NVFP4), got {scale_format!r}")
-    if (scale_format == "e4m3") != (tensor_scale is not None):
-        raise ValueError(f"quantext.{op}: scale_format={scale_format!r} "
-                         f"{'needs a tensor_scale' if scale_format == 'e4m3' else 'takes no tensor_scale'}")
+    if scale_format == "e8m0" and tensor_scale is not None:
+        raise ValueError(f"quantext.{op}: scale_format='e8m0' takes no tensor_scale")
     if tensor_scale is not None:
         check_same_device(op, x, tensor_scale=tensor_scale)
     return torch.empty_like(x, memory_format=torch.contiguous_format)

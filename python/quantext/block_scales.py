@@ -9,8 +9,8 @@ input's device (no host sync):
   kernels take; a block that small is all but zero). An all-zero block gets
   ``2^-126``.
 - ``scale_format="e4m3"`` (NVFP4): a float32 tensor scale
-  ``t = amax(x) / (448 * fmax)`` (1 for an all-zero tensor; see
-  :func:`nvfp4_tensor_scale`) and per block the
+  ``t = amax(x) / (448 * fmax)`` over the whole tensor (1 for an all-zero
+  tensor; see :func:`nvfp4_tensor_scale`) and per block the
   E4M3 value (round to nearest even, saturating at 448) of ``amax_b / (fmax *
   t)``; the block's scale is ``e4m3 * t`` (float32), ``fmax`` the element
   format's largest value (6 for E2M1). A block whose E4M3 scale rounds to 0
@@ -20,16 +20,16 @@ input's device (no host sync):
 Non-finite values do not count towards a maximum (they saturate when
 quantized). The elements are then ``scale * Q(x * (1/scale))``, with the
 reciprocal exact for E8M0 scales. The fused op that quantization runs
-(``torch.ops.quantext.fake_quant_fp_blocks``) computes the block scales itself
-by these rules (``csrc/math/fp_math.h``); :func:`block_scales` returns them,
-for inspection and tests.
+(``torch.ops.quantext.fake_quant_fp_blocks``) computes the tensor scale and
+the block scales itself by these rules (``csrc/math/fp_math.h``); the tensor
+ops here are their independent statement: :func:`block_scales` returns them
+for inspection and tests, and export writes them for constant weights.
 """
 
 from __future__ import annotations
 
 import torch
 
-from ._ops import ops
 from .spec import QuantSpec
 
 _MIN_NORMAL = 2.0 ** -126
@@ -40,12 +40,34 @@ def _finite_abs(x: torch.Tensor) -> torch.Tensor:
     return torch.where(torch.isfinite(a), a, 0.0)
 
 
-def nvfp4_tensor_scale(x: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
-    """NVFP4's float32 tensor scale ``amax(x) / (448 * fmax)`` (1 when no finite
-    ``|x|`` exceeds ``2^-126``), 0-dim on x's device. The finite max comes from
-    the dynamic op's one-pass reduction (its symmetric scale over ``qmax = 1``)."""
-    top = ops.dynamic_qparams(x.detach(), -1, 1, True, False, _MIN_NORMAL)[0].float()
-    return torch.where(top > _MIN_NORMAL, top / (448.0 * spec.fp_max), 1.0)
+def nvfp4_tensor_scale(x: torch.Tensor, fp_max: float) -> torch.Tensor:
+    """NVFP4's float32 tensor scale ``amax(x) / (448 * fp_max)`` over the finite
+    ``|x|`` (1 when none exceeds ``2^-126``), 0-dim on x's device."""
+    top = _finite_abs(x).amax() if x.numel() else torch.zeros((), device=x.device)
+    return torch.where(top > _MIN_NORMAL, top / (448.0 * fp_max), 1.0)
+
+
+def block_scale_parts(x: torch.Tensor, fp_max: float, block_size: int, scale_format: str,
+                      tensor_scale: torch.Tensor | None = None
+                      ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """``(scale, e4m3, tensor_scale)`` of the blocks of ``block_size`` along
+    x's last dimension: the float32 scales (x's shape, the last dimension
+    counted in blocks) and, for NVFP4 (``scale_format="e4m3"``), the E4M3
+    values and the tensor scale they multiply (``scale = max(e4m3 *
+    tensor_scale, 2^-126)``; the given one, else :func:`nvfp4_tensor_scale`);
+    ``None`` for MX."""
+    amax = _finite_abs(x).unflatten(-1, (-1, block_size)).amax(-1)
+    if scale_format == "e8m0":
+        emax = int(torch.frexp(torch.tensor(fp_max))[1]) - 1
+        exponent = torch.frexp(amax)[1] - 1 - emax  # floor(log2 amax) - emax; frexp(0) gives 0
+        scale = torch.ldexp(torch.ones_like(amax), exponent.clamp(-126, 127))
+        return torch.where(amax > 0, scale, _MIN_NORMAL), None, None
+    if tensor_scale is None:
+        tensor_scale = nvfp4_tensor_scale(x, fp_max)
+    tensor_scale = tensor_scale.float().reshape(())
+    e4m3 = (amax / (fp_max * tensor_scale)).clamp(max=448.0).to(torch.float8_e4m3fn).float()
+    e4m3 = torch.where(e4m3 > 0, e4m3, 2.0 ** -9)
+    return (e4m3 * tensor_scale).clamp_min(_MIN_NORMAL), e4m3, tensor_scale
 
 
 def block_scales(x: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
@@ -58,14 +80,5 @@ def block_scales(x: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
     if x.shape[axis] % spec.group_size:
         raise ValueError(f"group_size={spec.group_size} does not divide size {x.shape[axis]} of axis {axis} "
                          f"(tensor shape {tuple(x.shape)})")
-    a = _finite_abs(x)
-    amax = a.unflatten(axis, (-1, spec.group_size)).amax(axis + 1)
-    if spec.scale_format == "e8m0":
-        emax = int(torch.frexp(torch.tensor(spec.fp_max))[1]) - 1
-        exponent = torch.frexp(amax)[1] - 1 - emax  # floor(log2 amax) - emax; frexp(0) gives 0
-        scale = torch.ldexp(torch.ones_like(amax), exponent.clamp(-126, 127))
-        return torch.where(amax > 0, scale, _MIN_NORMAL)
-    tensor_scale = nvfp4_tensor_scale(x, spec)
-    e4m3 = (amax / (spec.fp_max * tensor_scale)).clamp(max=448.0).to(torch.float8_e4m3fn).float()
-    e4m3 = torch.where(e4m3 > 0, e4m3, 2.0 ** -9)
-    return (e4m3 * tensor_scale).clamp_min(_MIN_NORMAL)
+    scale = block_scale_parts(x.movedim(axis, -1), spec.fp_max, spec.group_size, spec.scale_format)[0]
+    return scale.movedim(-1, axis)

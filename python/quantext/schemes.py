@@ -29,7 +29,6 @@ from typing import Any
 import torch
 
 from ._ops import ops
-from .block_scales import nvfp4_tensor_scale
 from .functional import bool_arg, int_arg, lsq_grad_factor, tensor_arg, weight_normalize
 from .spec import MIN_SCALE, QuantSpec
 
@@ -213,9 +212,8 @@ def _fake_quant_blocks(x: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
     axis = spec.axis % x.dim() if x.dim() else 0
     last = axis == x.dim() - 1
     moved = x if last else x.movedim(axis, -1)
-    tensor_scale = nvfp4_tensor_scale(moved, spec) if spec.scale_format == "e4m3" else None
     y = _FAKE_QUANT_FP_BLOCKS(moved, spec.exp_bits, spec.bits - 1 - spec.exp_bits, spec.resolved_fp_special,
-                              spec.group_size, spec.scale_format, tensor_scale)
+                              spec.group_size, spec.scale_format)
     return y if last else y.movedim(-1, axis)
 
 

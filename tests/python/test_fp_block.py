@@ -141,3 +141,23 @@ def test_qat_with_mxfp4_weights_and_mxfp8_activations():
     with torch.no_grad():
         w = middle.weight_quantizer(middle.weight)
         assert torch.equal(w, qx.fake_quant(middle.weight, fp_spec("mxfp4")))
+
+
+def test_nvfp4_tensor_scale_given_or_computed_by_the_op():
+    """Without a tensor scale the op computes NVFP4's own (amax / (448 * 6), 1 for an all-zero tensor);
+    a given one (say, calibrated) is used as it is; MX formats take none."""
+    x = data(rows=4, cols=64, seed=5)
+    x[0, 1] = float("inf")  # non-finite values do not count towards the tensor's max
+    own = qx.ops.fake_quant_fp_blocks(x, 2, 1, "finite", 16, "e4m3")
+    explicit = qx.ops.fake_quant_fp_blocks(x, 2, 1, "finite", 16, "e4m3", x[x.isfinite()].abs().amax() / 2688.0)
+    assert torch.equal(own, explicit)
+    given = torch.tensor(0.125)
+    scales = (x.abs().where(x.isfinite(), 0.0).unflatten(-1, (-1, 16)).amax(-1) / (6 * given)).clamp(max=448)
+    scales = scales.to(torch.float8_e4m3fn).float()
+    scales = torch.where(scales > 0, scales, 2.0 ** -9) * given
+    expected = qx.ops.fake_quant_fp(x, scales, 2, 1, "finite", 1, 16)
+    assert torch.equal(qx.ops.fake_quant_fp_blocks(x, 2, 1, "finite", 16, "e4m3", given), expected)
+    zeros = torch.zeros(2, 16)
+    assert torch.equal(qx.ops.fake_quant_fp_blocks(zeros, 2, 1, "finite", 16, "e4m3"), zeros)
+    with pytest.raises(ValueError, match="takes no tensor_scale"):
+        qx.ops.fake_quant_fp_blocks(x, 2, 1, "finite", 32, "e8m0", given)

@@ -65,6 +65,9 @@ def _cases(device: str):
         "fake_quant_fp_blocks nvfp4": (ops.fake_quant_fp_blocks.default,
                                        (xg.detach()[..., :4].contiguous().requires_grad_(), 2, 1, "finite", 2, "e4m3",
                                         torch.tensor(0.01, device=device))),
+        "fake_quant_fp_blocks nvfp4, its own tensor scale": (
+            ops.fake_quant_fp_blocks.default,
+            (xg.detach()[..., :4].contiguous().requires_grad_(), 2, 1, "finite", 2, "e4m3", None)),
         "fake_quant_fp_blocks_masked": (ops.fake_quant_fp_blocks_masked.default,
                                         (x[..., :4].contiguous(), 4, 3, "fn", 4, "e8m0", None)),
         "histogram": (ops.histogram.default, (x, 16, torch.tensor(-1.0, device=device),

@@ -1,9 +1,8 @@
 """The exporter's only knowledge of quantext's modules, duck-typed: a model
 that still holds BatchNorm (``qx.convert`` leaves none: folded, or a
 :class:`~quantext.nn.ChannelAffine`) or an enabled quantizer flagged as never
-calibrated, or a block-scaled (MX / NVFP4) one, is refused before tracing, with
-the module's path. Everything else is read
-from the ops in the traced graph."""
+calibrated, is refused before tracing, with the module's path. Everything
+else is read from the ops in the traced graph."""
 
 from __future__ import annotations
 
@@ -27,9 +26,6 @@ def check_modules(model: nn.Module) -> None:
                              "other into the per-channel affine qx.nn.ChannelAffine, which exports as Mul/Add)")
         # (a disabled quantizer returns its input: it is not exported)
         spec = getattr(module, "spec", None)
-        if isinstance(spec, QuantSpec) and spec.scheme == "fp" and spec.dynamic and getattr(module, "enabled", True):
-            raise ValueError(f"quantizer '{path}' is block-scaled ({spec.scale_format} scales computed from each "
-                             "block at run time): the MX / NVFP4 formats do not export yet (docs/fp.md)")
         if isinstance(spec, QuantSpec) and getattr(module, "calibrated", True) is False \
                 and getattr(module, "enabled", True):
             raise ValueError(f"quantizer '{path}' was never calibrated: run qx.calibrate(model, batches) "

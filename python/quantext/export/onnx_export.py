@@ -164,7 +164,10 @@ def export_onnx(
     finally:
         for module, training in modes.items():
             module.training = training
-    if report is not None and report.optimized_error is not None:
+    if report is not None and report.runtime != "onnxruntime":
+        warnings.warn(f"ONNX Runtime cannot run this model ({report.optimized_error}); it was verified with "
+                      f"{report.runtime} instead (docs/fp.md)", stacklevel=2)
+    elif report is not None and report.optimized_error is not None:
         warnings.warn(f"ONNX Runtime with all graph optimizations (ORT_ENABLE_ALL) cannot load or run this model "
                       f"({report.optimized_error}); without optimizations it matches PyTorch: run it with "
                       "graph_optimization_level ORT_DISABLE_ALL or ORT_ENABLE_BASIC (docs/fp.md)", stacklevel=2)

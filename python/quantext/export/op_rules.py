@@ -25,6 +25,7 @@ UNIFORM = "FakeQuantUniform"
 LEVELS = "FakeQuantLevels"
 DYNAMIC = "FakeQuantDynamic"
 FP = "FakeQuantFp"
+FP_BLOCKS = "FakeQuantFpBlocks"
 PER_TENSOR = -1  # ``axis`` attribute value of a per-tensor quantizer
 
 _FLOATS = ["tensor(float)", "tensor(float16)", "tensor(bfloat16)", "tensor(double)"]
@@ -133,6 +134,17 @@ def _translate_fp(opset: Any, call_index: Callable[[], int]) -> Callable[..., An
     return translate
 
 
+def _translate_fp_blocks(opset: Any, call_index: Callable[[], int]) -> Callable[..., Any]:
+    def translate(*args: Any, **kwargs: Any) -> Any:
+        a = bind(torch.ops.quantext.fake_quant_fp_blocks.default, args, kwargs)
+        given = [] if a.get("tensor_scale") is None else [a["tensor_scale"]]
+        return opset.FakeQuantFpBlocks(a["x"], *given, exp_bits=a["exp_bits"], man_bits=a["man_bits"],
+                                        special=a["special"], block_size=a["block_size"],
+                                        scale_format=a["scale_format"], call_index=call_index())
+
+    return translate
+
+
 def _translate_levels(opset: Any, op: torch._ops.OpOverload, call_index: Callable[[], int]) -> Callable[..., Any]:
     def translate(*args: Any, **kwargs: Any) -> Any:
         d = _LEVELS_OPS[op](bind(op, args, kwargs))
@@ -168,6 +180,13 @@ def _register_schemas() -> None:
                     attr("special", OpSchema.AttrType.STRING, ""), attr("axis", ints, ""), attr("group_size", ints, ""),
                     attr("call_index", ints, "")]))
     onnx.defs.register_schema(OpSchema(
+        FP_BLOCKS, DOMAIN, 1,
+        inputs=[param("x", "T"), param("tensor_scale", "S", param_option=OpSchema.FormalParameterOption.Optional)],
+        outputs=[param("y", "T")], type_constraints=common,
+        attributes=[attr("exp_bits", ints, ""), attr("man_bits", ints, ""),
+                    attr("special", OpSchema.AttrType.STRING, ""), attr("block_size", ints, ""),
+                    attr("scale_format", OpSchema.AttrType.STRING, ""), attr("call_index", ints, "")]))
+    onnx.defs.register_schema(OpSchema(
         DYNAMIC, DOMAIN, 1, inputs=[param("x", "T")], outputs=[param("y", "T")], type_constraints=common[:1],
         attributes=[attr("qmin", ints, ""), attr("qmax", ints, ""), attr("symmetric", ints, ""),
                     attr("per_token", ints, ""), attr("min_scale", OpSchema.AttrType.FLOAT, ""),
@@ -177,7 +196,7 @@ def _register_schemas() -> None:
 def quant_ops() -> list[torch._ops.OpOverload]:
     """Every fake-quant op the exporter translates."""
     return [torch.ops.quantext.fake_quant_uniform.default, torch.ops.quantext.fake_quant_dynamic.default,
-            torch.ops.quantext.fake_quant_fp.default, *_LEVELS_OPS]
+            torch.ops.quantext.fake_quant_fp.default, torch.ops.quantext.fake_quant_fp_blocks.default, *_LEVELS_OPS]
 
 
 def translation_table() -> dict[torch._ops.OpOverload, Callable[..., Any]]:
@@ -194,7 +213,8 @@ def translation_table() -> dict[torch._ops.OpOverload, Callable[..., Any]]:
     opset, call_index = values.Opset(DOMAIN, 1), itertools.count().__next__
     table = {torch.ops.quantext.fake_quant_uniform.default: _translate_uniform(opset, call_index),
              torch.ops.quantext.fake_quant_dynamic.default: _translate_dynamic(opset, call_index),
-             torch.ops.quantext.fake_quant_fp.default: _translate_fp(opset, call_index)}
+             torch.ops.quantext.fake_quant_fp.default: _translate_fp(opset, call_index),
+             torch.ops.quantext.fake_quant_fp_blocks.default: _translate_fp_blocks(opset, call_index)}
     table.update({op: _translate_levels(opset, op, call_index) for op in _LEVELS_OPS})
     return table
 

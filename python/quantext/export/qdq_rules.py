@@ -38,6 +38,7 @@ import onnx
 import torch
 from onnx import TensorProto, helper
 
+from ..block_scales import block_scale_parts
 from ..spec import fp_max
 from . import op_rules
 from .graph import Graph, consumers, describe, module_path, producers, prune
@@ -266,10 +267,10 @@ def fp_levels(exp_bits: int, man_bits: int, special: str) -> np.ndarray:
     return values[values <= top] / top
 
 
-def _lower_fp(g: Graph, node: onnx.NodeProto, opset: int) -> tuple[list[onnx.NodeProto], Grid]:
-    """FP8 (E4M3FN, E5M2; opset 19) and FP4 (E2M1; opset 23) as QuantizeLinear ->
-    DequantizeLinear with a zero point of the float type; a weight as the
-    float codes, read by DequantizeLinear (blocked for per-group scales, opset 21)."""
+def _fp_type(node: onnx.NodeProto, opset: int, blocked: bool) -> tuple[tuple, int, type]:
+    """``(format key, ONNX type, numpy type)`` of a minifloat node's elements,
+    refusing a format without an ONNX type or an opset below its own (blocked
+    scales: 21)."""
     a = _attrs(node)
     special = a["special"].decode() if isinstance(a["special"], bytes) else a["special"]
     key = (a["exp_bits"], a["man_bits"], special)
@@ -277,11 +278,21 @@ def _lower_fp(g: Graph, node: onnx.NodeProto, opset: int) -> tuple[list[onnx.Nod
         raise ValueError(f"{describe(node)}: E{key[0]}M{key[1]} ({special}) has no ONNX type; export takes E4M3FN and "
                          "E5M2 (opset >= 19) and E2M1 (opset >= 23)")
     ftype, ntype, lowest = _FP_TYPES[key]
-    axis = None if a["axis"] == op_rules.PER_TENSOR else a["axis"]
-    lowest = max(lowest, 21) if a["group_size"] else lowest
+    lowest = max(lowest, 21) if blocked else lowest
     if opset < lowest:
-        raise ValueError(f"{describe(node)}: E{key[0]}M{key[1]}{' per group' if a['group_size'] else ''} "
+        raise ValueError(f"{describe(node)}: E{key[0]}M{key[1]}{' with block scales' if blocked else ''} "
                          f"exports at opset >= {lowest}, got opset {opset}")
+    return key, ftype, ntype
+
+
+def _lower_fp(g: Graph, node: onnx.NodeProto, opset: int) -> tuple[list[onnx.NodeProto], Grid]:
+    """FP8 (E4M3FN, E5M2; opset 19) and FP4 (E2M1; opset 23) as QuantizeLinear ->
+    DequantizeLinear with a zero point of the float type; a weight as the
+    float codes, read by DequantizeLinear (blocked for per-group scales, opset 21)."""
+    a = _attrs(node)
+    key, ftype, ntype = _fp_type(node, opset, blocked=bool(a["group_size"]))
+    special = key[2]
+    axis = None if a["axis"] == op_rules.PER_TENSOR else a["axis"]
     _check_input_type(g, node)
     scale = _param(g, node, 1, "scale", positive=True).astype(np.float32)
     qdq_attrs = {}
@@ -304,10 +315,93 @@ def _lower_fp(g: Graph, node: onnx.NodeProto, opset: int) -> tuple[list[onnx.Nod
     else:
         q = emit("QuantizeLinear", [node.input[0], s_name, z_name], **qdq_attrs)
         emit("DequantizeLinear", [q, s_name, z_name], node.output[0], **qdq_attrs)
-    top = fp_max(*key)
-    grid = dict(grid="levels", scale=(scale.astype(np.float64) * top).ravel().tolist(), zero_point=[0], axis=axis,
-                group_size=a["group_size"], levels=fp_levels(*key).tolist(), signed=True,
-                param_shape=list(scale.shape) if a["group_size"] else None)
+    return emit.nodes, _fp_grid(key, scale, axis, a["group_size"])
+
+
+_MIN_NORMAL = np.float32(2.0 ** -126)
+
+
+def _fp_grid(key: tuple, scale: np.ndarray, axis: int | None, group_size: int) -> Grid:
+    """A minifloat quantizer's output grid: the format's values times ``scale``."""
+    return dict(grid="levels", scale=(scale.astype(np.float64) * fp_max(*key)).ravel().tolist(), zero_point=[0],
+                axis=axis, group_size=group_size, levels=fp_levels(*key).tolist(), signed=True,
+                param_shape=list(scale.shape) if group_size else None)
+
+
+def _mx_scales(emit: _Emitter, amax: str, emax: int) -> str:
+    """The E8M0 scale ``2^clamp(floor(log2 amax) - emax, -126, 127)`` of each
+    block maximum, exactly: ``c = #{j >= 1 : amax >= 2^(j - 126 + emax)}`` by
+    binary search (``|v| >= 2^k`` is ``|v| > `` the float32 below ``2^k``),
+    then ``2^(c - 126)`` from a table. No Log/Pow, whose rounding differs
+    between runtimes."""
+    with np.errstate(over="ignore"):
+        powers = np.ldexp(np.float32(1), np.arange(1, 254) - 126 + emax).astype(np.float32)
+    t = np.where(np.isinf(powers), np.float32(np.inf), np.nextafter(powers, np.float32(0)))
+    table = np.ldexp(np.float32(1), np.arange(254) - 126).astype(np.float32)
+    return emit("Gather", [emit.const("powers_of_two", table), _search(emit, amax, t)])
+
+
+def _lower_fp_blocks(g: Graph, node: onnx.NodeProto, opset: int) -> tuple[list[onnx.NodeProto], Grid]:
+    """Block-scaled formats (MX, NVFP4; blocks along the last axis) as blocked
+    ``QuantizeLinear -> DequantizeLinear`` (opset 21; FP4 23). A weight: its
+    element codes as a float8/float4 initializer read by DequantizeLinear, its
+    block scales as float32 powers of two (MX) or, for NVFP4, as E4M3 codes
+    read by a per-tensor DequantizeLinear with the tensor scale (the two-level
+    form TensorRT reads). A run-time input: the block maxima (``ReduceMax``
+    of the finite ``|x|``) and scales computed in the graph by the kernel's
+    rules (``quantext.block_scales``): MX's power of two by :func:`_mx_scales`,
+    NVFP4's E4M3 rounding by ``Cast`` (round to nearest even, saturating)."""
+    a = _attrs(node)
+    key, ftype, ntype = _fp_type(node, opset, blocked=True)
+    scale_format = a["scale_format"].decode() if isinstance(a["scale_format"], bytes) else a["scale_format"]
+    _check_input_type(g, node)
+    x, bs, top = node.input[0], a["block_size"], fp_max(*key)
+    shape = _shape(g, x)
+    if not shape or not isinstance(shape[-1], int):
+        raise ValueError(f"{describe(node)}: block scales along the last dimension need it static, got input shape "
+                         f"{shape}")
+    axis, emit = len(shape) - 1, _Emitter(g, node)
+    qdq_attrs = {"axis": axis, "block_size": bs}
+    given = _param(g, node, 1, "tensor scale", positive=True).astype(np.float32).reshape(()) \
+        if len(node.input) > 1 and node.input[1] else None
+    f32 = lambda hint, v: emit.const(hint, np.array(v, np.float32))  # noqa: E731
+    weight = g.const(x)
+    if weight is not None:
+        xt = torch.from_numpy(weight.astype(np.float32))
+        ts = None if given is None else torch.from_numpy(given)
+        y = torch.ops.quantext.fake_quant_fp_blocks(xt, a["exp_bits"], a["man_bits"], key[2], bs, scale_format, ts)
+        scale, e4m3, t = (None if v is None else v.numpy() for v in block_scale_parts(xt, top, bs, scale_format, ts))
+        values = (y / torch.from_numpy(scale).repeat_interleave(bs, dim=-1)).numpy()  # on the format's grid
+        if e4m3 is not None and np.all(e4m3 * t >= _MIN_NORMAL):  # (else a 2^-126 floor: float32 scales)
+            s_name = emit("DequantizeLinear", [emit.const("scale_codes", e4m3.astype(ml_dtypes.float8_e4m3fn)),
+                                               f32("tensor_scale", t)])
+        else:
+            s_name = emit.const("scale", scale)
+        emit("DequantizeLinear", [emit.const("codes", values.astype(ntype)), s_name,
+                                  emit.const("zero_point", np.zeros(scale.shape, ntype))], node.output[0], **qdq_attrs)
+        return emit.nodes, _fp_grid(key, scale, axis, bs)
+    finite = emit("Where", [emit("Or", [emit("IsNaN", [x]), emit("IsInf", [x])]), f32("zero", 0.0), emit("Abs", [x])])
+    blocks = emit("Reshape", [finite, emit.const("blocks", np.array([0] * axis + [shape[-1] // bs, bs], np.int64))])
+    amax = emit("ReduceMax", [blocks, emit.const("last", np.array([-1], np.int64))], keepdims=0)
+    if scale_format == "e8m0":
+        s_name = _mx_scales(emit, amax, int(np.frexp(np.float32(top))[1]) - 1)
+    else:
+        if given is None:  # amax(x) / (448 * fp_max), 1 when no |x| exceeds 2^-126
+            whole = emit("ReduceMax", [finite], keepdims=0)
+            t_name = emit("Where", [emit("Greater", [whole, f32("min_normal", _MIN_NORMAL)]),
+                                    emit("Div", [whole, f32("e4m3_span", 448.0 * top)]), f32("one", 1.0)])
+        else:
+            t_name = f32("tensor_scale", given)
+        ratio = emit("Min", [emit("Div", [amax, emit("Mul", [f32("fp_max", top), t_name])]), f32("e4m3_max", 448.0)])
+        e4m3 = emit("Cast", [emit("Cast", [ratio], to=TensorProto.FLOAT8E4M3FN)], to=TensorProto.FLOAT)
+        e4m3 = emit("Where", [emit("Greater", [e4m3, f32("zero_scale", 0.0)]), e4m3, f32("e4m3_min", 2.0 ** -9)])
+        s_name = emit("Max", [emit("Mul", [e4m3, t_name]), f32("min_normal_scale", _MIN_NORMAL)])
+    z_name = emit("Cast", [emit("Mul", [s_name, f32("zero_zp", 0.0)])], to=ftype)  # zeros of the scales' shape
+    q = emit("QuantizeLinear", [x, s_name, z_name], **qdq_attrs)
+    emit("DequantizeLinear", [q, s_name, z_name], node.output[0], **qdq_attrs)
+    grid = dict(grid="levels", scale=[], zero_point=[0], axis=axis, group_size=bs, levels=fp_levels(*key).tolist(),
+                signed=True, dynamic=dict(fp_blocks=[a["exp_bits"], a["man_bits"], key[2], bs, scale_format],
+                                          tensor_scale=None if given is None else float(given)))
     return emit.nodes, grid
 
 
@@ -425,7 +519,7 @@ def _search(emit: _Emitter, a: str, t: np.ndarray) -> str:
 
 
 _RULES = {op_rules.UNIFORM: _lower_uniform, op_rules.LEVELS: _lower_levels, op_rules.DYNAMIC: _lower_dynamic,
-          op_rules.FP: _lower_fp}
+          op_rules.FP: _lower_fp, op_rules.FP_BLOCKS: _lower_fp_blocks}
 
 
 def _fold_transposed_weights(model: onnx.ModelProto, g: Graph) -> dict[str, tuple[str, list[int]]]:

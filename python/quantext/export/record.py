@@ -35,8 +35,9 @@ class QuantizerRecord:
     signed: bool = True
     param_shape: list[int] | None = None  # shape of a per-group scale / zero point
     perm: list[int] | None = None  # the ONNX tensor is the output transposed by ``perm`` (a folded Transpose)
-    # A dynamic quantizer (grid "dynamic"): its op's arguments (qmin, qmax, symmetric, per_token,
-    # min_scale); scale and zero point come with each input (verification computes them).
+    # A quantizer whose parameters come with each input (verification computes them): grid "dynamic",
+    # its op's arguments (qmin, qmax, symmetric, per_token, min_scale); or a block-scaled minifloat
+    # (grid "levels"): fp_blocks = [exp_bits, man_bits, special, block_size, scale_format], tensor_scale.
     dynamic: dict | None = None
 
     def from_onnx(self, value: np.ndarray) -> np.ndarray:

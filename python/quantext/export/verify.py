@@ -28,6 +28,8 @@ import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from ..block_scales import block_scale_parts
+from ..spec import fp_max
 from . import op_rules
 from .record import QuantizerRecord, read_record
 
@@ -75,12 +77,19 @@ class VerificationReport:
     output_range: float = 0.0  # largest |output| of the PyTorch model, to read the differences against
     # ONNX Runtime's error when its optimized graph would not load or run (then the optimized_* fields are NaN/None)
     optimized_error: str | None = None
+    # what ran the model: "onnxruntime", or "onnx.reference" (onnx's reference evaluator) where ONNX
+    # Runtime has no kernel for an operator the file uses (optimized_error says which)
+    runtime: str = "onnxruntime"
 
     def summary(self) -> str:
         """One line for logs."""
         def top1(v: float | None) -> str:
             return "-" if v is None else f"{v:.0%}"
         kernels = ", ".join(f"{n} {k}" for n, k in sorted(self.int8_kernels.items())) or "none"
+        if self.runtime != "onnxruntime":
+            return (f"{self.quantizers} quantizers agree in {self.runtime}; free-running max |diff| "
+                    f"{self.max_diff:.3g} (top-1 {top1(self.top1)}) of outputs up to {self.output_range:.3g}; "
+                    f"ONNX Runtime does not run it: {self.optimized_error}")
         if self.optimized_error is not None:
             return (f"{self.quantizers} quantizers agree; free-running max |diff| {self.max_diff:.3g} (top-1 "
                     f"{top1(self.top1)}) of outputs up to {self.output_range:.3g}; with all ONNX Runtime "
@@ -162,8 +171,16 @@ class _TeacherForcing(TorchDispatchMode):
 
 
 def _with_input_params(rec: QuantizerRecord, x: torch.Tensor) -> QuantizerRecord:
-    """A dynamic quantizer's record as the uniform grid it rounds ``x`` to."""
+    """A dynamic quantizer's record as the grid it rounds ``x`` to: uniform, or
+    a block-scaled format's values times each block's scale."""
     d = rec.dynamic
+    if "fp_blocks" in d:
+        exp_bits, man_bits, special, block_size, scale_format = d["fp_blocks"]
+        given = None if d["tensor_scale"] is None else torch.tensor(d["tensor_scale"])
+        top = fp_max(exp_bits, man_bits, special)
+        scale = block_scale_parts(x.detach().cpu(), top, block_size, scale_format, given)[0].double()
+        return dataclasses.replace(rec, scale=(scale * top).ravel().tolist(), param_shape=list(scale.shape),
+                                   dynamic=None)
     scale, zero_point = torch.ops.quantext.dynamic_qparams(x, d["qmin"], d["qmax"], d["symmetric"], d["per_token"],
                                                            d["min_scale"])
     params = dict(grid="uniform", scale=scale.double().ravel().tolist(), zero_point=zero_point.ravel().tolist(),
@@ -193,7 +210,9 @@ def verify_onnx(path: str | os.PathLike, model: nn.Module,
                 example_inputs: torch.Tensor | tuple[Any, ...]) -> VerificationReport:
     """Runs ``path`` in ONNX Runtime (CPUExecutionProvider) on ``example_inputs``
     and compares it with ``model``, teacher-forced at every quantizer (see the
-    module docstring).
+    module docstring). Where ONNX Runtime has no kernel for an operator of the
+    file (``NOT_IMPLEMENTED``: it does not quantize to FP4), onnx's reference
+    evaluator runs it instead and the report says so (``runtime``).
 
     A float output must be within ``1e-5`` relative, plus an absolute floor of
     8 float32 ulps of its largest magnitude. Each quantizer's output (and a
@@ -228,8 +247,18 @@ def verify_onnx(path: str | os.PathLike, model: nn.Module,
     # quantizer outputs exposed); at 4 bits either moves about 1% of a
     # quantizer's elements by a step. Verification checks the exported
     # semantics; what the optimizations change is reported below.
-    session = _session(_with_outputs(proto, extra).SerializeToString(), ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
-    feeds = {i.name: t.detach().cpu().numpy() for i, t in zip(session.get_inputs(), tensors)}
+    watched = _with_outputs(proto, extra)
+    feeds = {i.name: t.detach().cpu().numpy() for i, t in zip(proto.graph.input, tensors)}
+    try:
+        session = _session(watched.SerializeToString(), ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
+        runtime, refused = "onnxruntime", None
+    except Exception as err:  # noqa: BLE001 (ORT lacks kernels the standard has: QuantizeLinear-23 to FP4)
+        if "NOT_IMPLEMENTED" not in str(err):
+            raise
+        from onnx.reference import ReferenceEvaluator
+
+        session = ReferenceEvaluator(watched)
+        runtime, refused = "onnx.reference", f"{type(err).__name__}: {str(err).splitlines()[0][:300]}"
     values = dict(zip(names + extra, session.run(names + extra, feeds)))
     with torch.no_grad(), _TeacherForcing(record, values):
         ref = [r.detach().cpu().numpy() for r in torch.utils._pytree.tree_leaves(model(*args))]
@@ -247,7 +276,10 @@ def verify_onnx(path: str | os.PathLike, model: nn.Module,
         free = [r.detach().cpu().numpy() for r in torch.utils._pytree.tree_leaves(model(*args))]
     plain = [values[n] for n in names]  # ONNX Runtime ran free; only PyTorch was teacher-forced
     common = dict(quantizers=len(record), max_diff=_max_diff(free, plain), top1=_top1(free, plain),
-                  output_range=max((float(np.abs(r).max()) for r in free if r.size), default=0.0))
+                  output_range=max((float(np.abs(r).max()) for r in free if r.size), default=0.0), runtime=runtime)
+    if refused is not None:
+        return VerificationReport(**common, optimized_max_diff=float("nan"), optimized_top1=None,
+                                  optimized_error=refused)
     try:
         with tempfile.TemporaryDirectory(prefix="quantext_ort_") as folder:
             optimized_path = os.path.join(folder, "optimized.onnx")
