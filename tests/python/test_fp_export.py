@@ -154,3 +154,27 @@ def test_scales_computed_in_the_graph_are_the_kernels(name, opset, tmp_path):
     for runtime in runtimes:
         got = runtime.run(None, feeds)[0]
         np.testing.assert_array_equal(got, expected)
+
+
+def test_mx_convolutions_block_along_channels_and_run_optimized(tmp_path):
+    """axis=1 blocks a convolution's input and weight along channels; the op's wrapper moves the axis last,
+    and export runs the Q/DQ on the untransposed tensor (ONNX Runtime's transpose optimizer breaks blocked
+    QuantizeLinear with computed scales otherwise): exact with all its optimizations."""
+    torch.manual_seed(0)
+    x = torch.randn(4, 32, 8, 8)
+    model = nn.Sequential(nn.Conv2d(32, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(),
+                          nn.Conv2d(64, 64, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                          nn.Linear(64, 32))
+    qconfig = qx.QConfig(weight=fp_spec("mxfp8", axis=1), activation=fp_spec("mxfp8", axis=1))
+    prepared = qx.prepare_qat(model, qconfig, example_inputs=(x,))
+    path = qx.export_onnx(qx.convert(qx.calibrate(prepared, [(x,)], progress=False)), (x,), tmp_path / "m.onnx",
+                          opset=21, verify=True)
+    report = path.verification
+    assert report.quantizers == 6 and report.max_diff == 0 and report.optimized_max_diff == 0
+    blocked = [n for n in onnx.load(str(path)).graph.node if n.op_type == "QuantizeLinear"]
+    assert blocked and all(any(a.name == "axis" and a.i == 1 for a in n.attribute) for n in blocked[:2])
+
+
+def test_a_block_axis_that_does_not_divide_names_it():
+    with pytest.raises(ValueError, match=r"size 8 of axis 3 .* axis=1"):
+        qx.fake_quant(torch.randn(2, 32, 8, 8), fp_spec("mxfp8"))

@@ -341,67 +341,98 @@ def _mx_scales(emit: _Emitter, amax: str, emax: int) -> str:
     return emit("Gather", [emit.const("powers_of_two", table), _search(emit, amax, t)])
 
 
+def _moved_block_axis(g: Graph, x: str) -> tuple[str, int, list[int]] | None:
+    """``(source, axis, perm)`` when ``x`` is ``Transpose(source, perm)`` moving
+    ``axis`` last (a spec axis the op's wrapper moved to its last dimension)
+    and the dimensions from ``axis`` on are static; else ``None``."""
+    prod = producers(g.graph).get(x)
+    if prod is None or prod.op_type != "Transpose":
+        return None
+    perm = list(_attrs(prod).get("perm", []))
+    shape = _shape(g, prod.input[0])
+    if not perm or not shape or perm != [i for i in range(len(perm)) if i != perm[-1]] + [perm[-1]] \
+            or not all(isinstance(d, int) for d in shape[perm[-1]:]):
+        return None
+    return prod.input[0], perm[-1], perm
+
+
 def _lower_fp_blocks(g: Graph, node: onnx.NodeProto, opset: int) -> tuple[list[onnx.NodeProto], Grid]:
-    """Block-scaled formats (MX, NVFP4; blocks along the last axis) as blocked
-    ``QuantizeLinear -> DequantizeLinear`` (opset 21; FP4 23). A weight: its
-    element codes as a float8/float4 initializer read by DequantizeLinear, its
-    block scales as float32 powers of two (MX) or, for NVFP4, as E4M3 codes
-    read by a per-tensor DequantizeLinear with the tensor scale (the two-level
-    form TensorRT reads). A run-time input: the block maxima (``ReduceMax``
-    of the finite ``|x|``) and scales computed in the graph by the kernel's
-    rules (``quantext.block_scales``): MX's power of two by :func:`_mx_scales`,
-    NVFP4's E4M3 rounding by ``Cast`` (round to nearest even, saturating)."""
+    """Block-scaled formats (MX, NVFP4) as blocked ``QuantizeLinear ->
+    DequantizeLinear`` (opset 21; FP4 23) along the block axis. The op blocks
+    its last dimension; where the spec's axis was moved there by a Transpose,
+    the Q/DQ runs on the Transpose's input along that axis and the result is
+    transposed (ONNX Runtime's transpose optimizer moves a Transpose across a
+    blocked QuantizeLinear without its computed scales, which then fail).
+
+    A weight: its element codes as a float8/float4 initializer read by
+    DequantizeLinear, its block scales as float32 powers of two (MX) or, for
+    NVFP4, as E4M3 codes read by a per-tensor DequantizeLinear with the tensor
+    scale (the two-level form TensorRT reads). A run-time input: the block
+    maxima (``ReduceMax`` of the finite ``|x|``) and scales computed in the
+    graph by the kernel's rules (``quantext.block_scales``): MX's power of two
+    by :func:`_mx_scales`, NVFP4's E4M3 rounding by ``Cast`` (round to nearest
+    even, saturating)."""
     a = _attrs(node)
     key, ftype, ntype = _fp_type(node, opset, blocked=True)
     scale_format = a["scale_format"].decode() if isinstance(a["scale_format"], bytes) else a["scale_format"]
     _check_input_type(g, node)
-    x, bs, top = node.input[0], a["block_size"], fp_max(*key)
-    shape = _shape(g, x)
-    if not shape or not isinstance(shape[-1], int):
+    bs, top = a["block_size"], fp_max(*key)
+    op_shape = _shape(g, node.input[0])
+    if not op_shape or not isinstance(op_shape[-1], int):
         raise ValueError(f"{describe(node)}: block scales along the last dimension need it static, got input shape "
-                         f"{shape}")
-    axis, emit = len(shape) - 1, _Emitter(g, node)
+                         f"{op_shape}")
+    x, axis, perm = _moved_block_axis(g, node.input[0]) or (node.input[0], len(op_shape) - 1, None)
+    shape, emit = _shape(g, x), _Emitter(g, node)
     qdq_attrs = {"axis": axis, "block_size": bs}
+    out = node.output[0] if perm is None else g.fresh(f"{node.output[0]}_blocked")
     given = _param(g, node, 1, "tensor scale", positive=True).astype(np.float32).reshape(()) \
         if len(node.input) > 1 and node.input[1] else None
     f32 = lambda hint, v: emit.const(hint, np.array(v, np.float32))  # noqa: E731
     weight = g.const(x)
     if weight is not None:
-        xt = torch.from_numpy(weight.astype(np.float32))
+        xt = torch.from_numpy(weight.astype(np.float32)).movedim(axis, -1)
         ts = None if given is None else torch.from_numpy(given)
         y = torch.ops.quantext.fake_quant_fp_blocks(xt, a["exp_bits"], a["man_bits"], key[2], bs, scale_format, ts)
-        scale, e4m3, t = (None if v is None else v.numpy() for v in block_scale_parts(xt, top, bs, scale_format, ts))
-        values = (y / torch.from_numpy(scale).repeat_interleave(bs, dim=-1)).numpy()  # on the format's grid
-        if e4m3 is not None and np.all(e4m3 * t >= _MIN_NORMAL):  # (else a 2^-126 floor: float32 scales)
+        scale, e4m3, t = block_scale_parts(xt, top, bs, scale_format, ts)
+        values = (y / scale.repeat_interleave(bs, dim=-1)).movedim(-1, axis).numpy()  # on the format's grid
+        grid = _fp_grid(key, scale.numpy(), len(op_shape) - 1, bs)
+        scale, e4m3 = (None if v is None else v.movedim(-1, axis).numpy() for v in (scale, e4m3))
+        if e4m3 is not None and np.all(e4m3 * t.numpy() >= _MIN_NORMAL):  # (else a 2^-126 floor: float32 scales)
             s_name = emit("DequantizeLinear", [emit.const("scale_codes", e4m3.astype(ml_dtypes.float8_e4m3fn)),
-                                               f32("tensor_scale", t)])
+                                               f32("tensor_scale", t.numpy())])
         else:
             s_name = emit.const("scale", scale)
         emit("DequantizeLinear", [emit.const("codes", values.astype(ntype)), s_name,
-                                  emit.const("zero_point", np.zeros(scale.shape, ntype))], node.output[0], **qdq_attrs)
-        return emit.nodes, _fp_grid(key, scale, axis, bs)
-    finite = emit("Where", [emit("Or", [emit("IsNaN", [x]), emit("IsInf", [x])]), f32("zero", 0.0), emit("Abs", [x])])
-    blocks = emit("Reshape", [finite, emit.const("blocks", np.array([0] * axis + [shape[-1] // bs, bs], np.int64))])
-    amax = emit("ReduceMax", [blocks, emit.const("last", np.array([-1], np.int64))], keepdims=0)
-    if scale_format == "e8m0":
-        s_name = _mx_scales(emit, amax, int(np.frexp(np.float32(top))[1]) - 1)
+                                  emit.const("zero_point", np.zeros(scale.shape, ntype))], out, **qdq_attrs)
     else:
-        if given is None:  # amax(x) / (448 * fp_max), 1 when no |x| exceeds 2^-126
-            whole = emit("ReduceMax", [finite], keepdims=0)
-            t_name = emit("Where", [emit("Greater", [whole, f32("min_normal", _MIN_NORMAL)]),
-                                    emit("Div", [whole, f32("e4m3_span", 448.0 * top)]), f32("one", 1.0)])
+        finite = emit("Where", [emit("Or", [emit("IsNaN", [x]), emit("IsInf", [x])]), f32("zero", 0.0),
+                                emit("Abs", [x])])
+        split = [0] * axis + [shape[axis] // bs, bs] + shape[axis + 1:]
+        blocks = emit("Reshape", [finite, emit.const("blocks", np.array(split, np.int64))])
+        amax = emit("ReduceMax", [blocks, emit.const("block_axis", np.array([axis + 1], np.int64))], keepdims=0)
+        if scale_format == "e8m0":
+            s_name = _mx_scales(emit, amax, int(np.frexp(np.float32(top))[1]) - 1)
         else:
-            t_name = f32("tensor_scale", given)
-        ratio = emit("Min", [emit("Div", [amax, emit("Mul", [f32("fp_max", top), t_name])]), f32("e4m3_max", 448.0)])
-        e4m3 = emit("Cast", [emit("Cast", [ratio], to=TensorProto.FLOAT8E4M3FN)], to=TensorProto.FLOAT)
-        e4m3 = emit("Where", [emit("Greater", [e4m3, f32("zero_scale", 0.0)]), e4m3, f32("e4m3_min", 2.0 ** -9)])
-        s_name = emit("Max", [emit("Mul", [e4m3, t_name]), f32("min_normal_scale", _MIN_NORMAL)])
-    z_name = emit("Cast", [emit("Mul", [s_name, f32("zero_zp", 0.0)])], to=ftype)  # zeros of the scales' shape
-    q = emit("QuantizeLinear", [x, s_name, z_name], **qdq_attrs)
-    emit("DequantizeLinear", [q, s_name, z_name], node.output[0], **qdq_attrs)
-    grid = dict(grid="levels", scale=[], zero_point=[0], axis=axis, group_size=bs, levels=fp_levels(*key).tolist(),
-                signed=True, dynamic=dict(fp_blocks=[a["exp_bits"], a["man_bits"], key[2], bs, scale_format],
-                                          tensor_scale=None if given is None else float(given)))
+            if given is None:  # amax(x) / (448 * fp_max), 1 when no |x| exceeds 2^-126
+                whole = emit("ReduceMax", [finite], keepdims=0)
+                t_name = emit("Where", [emit("Greater", [whole, f32("min_normal", _MIN_NORMAL)]),
+                                        emit("Div", [whole, f32("e4m3_span", 448.0 * top)]), f32("one", 1.0)])
+            else:
+                t_name = f32("tensor_scale", given)
+            ratio = emit("Min", [emit("Div", [amax, emit("Mul", [f32("fp_max", top), t_name])]),
+                                 f32("e4m3_max", 448.0)])
+            e4m3 = emit("Cast", [emit("Cast", [ratio], to=TensorProto.FLOAT8E4M3FN)], to=TensorProto.FLOAT)
+            e4m3 = emit("Where", [emit("Greater", [e4m3, f32("zero_scale", 0.0)]), e4m3, f32("e4m3_min", 2.0 ** -9)])
+            s_name = emit("Max", [emit("Mul", [e4m3, t_name]), f32("min_normal_scale", _MIN_NORMAL)])
+        z_name = emit("Cast", [emit("Mul", [s_name, f32("zero_zp", 0.0)])], to=ftype)  # zeros of the scales' shape
+        q = emit("QuantizeLinear", [x, s_name, z_name], **qdq_attrs)
+        emit("DequantizeLinear", [q, s_name, z_name], out, **qdq_attrs)
+        grid = dict(grid="levels", scale=[], zero_point=[0], axis=len(op_shape) - 1, group_size=bs,
+                    levels=fp_levels(*key).tolist(), signed=True,
+                    dynamic=dict(fp_blocks=[a["exp_bits"], a["man_bits"], key[2], bs, scale_format],
+                                 tensor_scale=None if given is None else float(given)))
+    if perm is not None:
+        emit("Transpose", [out], node.output[0], perm=perm)
     return emit.nodes, grid
 
 
