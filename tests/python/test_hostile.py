@@ -465,7 +465,9 @@ def test_observing_costs_at_most_one_input_sized_temporary(make, dtype):
     obs = make()
     obs(x[:1])  # state allocated: later calls measure the temporaries only
     nbytes = x.numel() * x.element_size()
-    peak = _peak_temporaries(obs, x)
+    # the least of three: the process's resident peak also counts what other threads (a runtime's pools
+    # left by earlier tests) allocate meanwhile; the observer's own temporaries recur in every call
+    peak = min(_peak_temporaries(obs, x) for _ in range(3))
     assert peak <= 1.1 * nbytes + 2 ** 21, f"{peak / nbytes:.2f}x the input"
 
 
