@@ -11,7 +11,8 @@ backward in both (20 B, a lower bound for ATen's composition). The smallest size
 dispatch, autograd; there a module-path row also times a calibrated
 ``qx.nn.Quantizer`` (per tensor, 8-bit) against the same ATen op, i.e. what a
 QAT layer pays per quantizer call. A second table times the per-channel ops on
-the same values with the channel axis outermost and innermost in memory.
+the same values with the channel axis outermost and innermost in memory, a
+third the int4 op per group of 32 against per tensor.
 
     python benchmarks/uniform.py [--quick] [--full]
 """
@@ -30,6 +31,7 @@ import quantext as qx  # noqa: E402
 from quantext.functional import fake_quant_levels  # noqa: E402
 
 CHANNELS = 64
+GROUP = 32
 OVERHEAD_SIZE = 128  # elements: the call costs more than the arithmetic
 
 
@@ -85,9 +87,39 @@ def run(quick: bool = False, full: bool = False, device: str = "cpu") -> str:
     layout_rows = [row for n in sizes(quick, full)[1:] for row in axis_layout_rows(n - n % CHANNELS, device)]
     layouts = markdown_table(["op", "elements", "axis outermost µs", "axis innermost µs", "innermost/outermost"],
                              layout_rows)
+    group_rows = [row for n in sizes(quick, full)[1:] for row in group_size_rows(n - n % CHANNELS, device)]
+    groups = markdown_table(["op", "elements", "per tensor µs", "per group µs", "group/tensor"], group_rows)
     return (f"Uniform fake quant ({device}; {machine()})\n\n{table}\n\n"
             f"Per channel, channel axis outermost ([C, N], axis 0) vs innermost ([N, C], axis 1), same values:\n\n"
-            f"{layouts}\n")
+            f"{layouts}\n\nPer group of {GROUP} along the last dimension (int4, the transformer weights' layout) "
+            f"vs per tensor, same values:\n\n{groups}\n")
+
+
+def group_size_rows(n: int, device: str) -> list[list[object]]:
+    """The int4 op per tensor and per group of GROUP on the same [n / 256, 256] values."""
+    x = torch.randn(n // 256, 256, device=device)
+    g = torch.randn_like(x)
+    per_tensor = (torch.tensor(0.4, device=device), torch.zeros((), device=device))
+    per_group = (x.abs().unflatten(1, (-1, GROUP)).amax(-1) / 7, torch.zeros(x.shape[0], 256 // GROUP, device=device))
+
+    def call(params, learned, backward):
+        xg = x.detach().requires_grad_(backward)
+        s, z = (p.clone().requires_grad_(learned) for p in params)
+        axis, group = (None, 0) if s.dim() == 0 else (1, GROUP)
+
+        def f():
+            y = qx.fake_quant_uniform(xg, s, z, -8, 7, axis=axis, group_size=group)
+            if backward:
+                y.backward(g)
+        return f
+
+    rows = []
+    for name, learned, backward in (("fwd", False, False), ("fwd+bwd", False, True), ("LSQ+ fwd+bwd", True, True)):
+        repeats = 15 if n <= 10**6 else 5
+        t_tensor = median_seconds(call(per_tensor, learned, backward), repeats=repeats)
+        t_group = median_seconds(call(per_group, learned, backward), repeats=repeats)
+        rows.append([name, f"{n:.0e}", t_tensor * 1e6, t_group * 1e6, t_group / t_tensor])
+    return rows
 
 
 def axis_layout_rows(n: int, device: str) -> list[list[object]]:
