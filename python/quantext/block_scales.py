@@ -47,6 +47,18 @@ def nvfp4_tensor_scale(x: torch.Tensor, fp_max: float) -> torch.Tensor:
     return torch.where(top > _MIN_NORMAL, top / (448.0 * fp_max), 1.0)
 
 
+def block_axis(x: torch.Tensor, spec: QuantSpec) -> int:
+    """The axis ``spec``'s blocks run along in ``x`` (non-negative), which its
+    block size must divide."""
+    axis = spec.axis % x.dim() if x.dim() else 0
+    if x.dim() and x.shape[axis] % spec.group_size:
+        raise ValueError(f"block size {spec.group_size} does not divide size {x.shape[axis]} of axis {axis} (tensor "
+                         f"shape {tuple(x.shape)}): the blocks run along the spec's axis ({spec.axis}; -1, the "
+                         "features of a Linear's input, by default); convolutions block along channels: axis=1, "
+                         "e.g. fp_spec('mxfp8', axis=1)")
+    return axis
+
+
 def block_scale_parts(x: torch.Tensor, fp_max: float, block_size: int, scale_format: str,
                       tensor_scale: torch.Tensor | None = None
                       ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
@@ -76,9 +88,6 @@ def block_scales(x: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
     parameter shape of the ``"fp"`` op)."""
     if not (spec.scheme == "fp" and spec.dynamic):
         raise ValueError("block_scales needs a block-scaled fp spec (quantext.spec.fp_spec('mxfp4'), ...)")
-    axis = spec.axis % x.dim()
-    if x.shape[axis] % spec.group_size:
-        raise ValueError(f"group_size={spec.group_size} does not divide size {x.shape[axis]} of axis {axis} "
-                         f"(tensor shape {tuple(x.shape)})")
+    axis = block_axis(x, spec)
     scale = block_scale_parts(x.movedim(axis, -1), spec.fp_max, spec.group_size, spec.scale_format)[0]
     return scale.movedim(-1, axis)

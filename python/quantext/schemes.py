@@ -29,6 +29,7 @@ from typing import Any
 import torch
 
 from ._ops import ops
+from .block_scales import block_axis
 from .functional import bool_arg, int_arg, lsq_grad_factor, tensor_arg, weight_normalize
 from .spec import MIN_SCALE, QuantSpec
 
@@ -209,12 +210,7 @@ def _fake_quant(x: torch.Tensor, spec: QuantSpec, scale=None, zero_point=None, a
 
 def _fake_quant_blocks(x: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
     """A block-scaled fp spec: the fused op along the last dimension (the spec's axis moved there and back)."""
-    axis = spec.axis % x.dim() if x.dim() else 0
-    if x.dim() and x.shape[axis] % spec.group_size:
-        raise ValueError(f"block size {spec.group_size} does not divide size {x.shape[axis]} of axis {axis} (tensor "
-                         f"shape {tuple(x.shape)}): the blocks run along the spec's axis ({spec.axis}; -1, the "
-                         "features of a Linear's input, by default); convolutions block along channels: axis=1, "
-                         "e.g. fp_spec('mxfp8', axis=1)")
+    axis = block_axis(x, spec)
     last = axis == x.dim() - 1
     moved = x if last else x.movedim(axis, -1)
     y = _FAKE_QUANT_FP_BLOCKS(moved, spec.exp_bits, spec.bits - 1 - spec.exp_bits, spec.resolved_fp_special,

@@ -77,7 +77,9 @@ class _Emitter:
 
 
 def _attrs(node: onnx.NodeProto) -> dict:
-    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    """A node's attributes, strings decoded (ONNX holds them as bytes)."""
+    values = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    return {k: v.decode() if isinstance(v, bytes) else v for k, v in values.items()}
 
 
 def _param(g: Graph, node: onnx.NodeProto, index: int, what: str, positive: bool) -> np.ndarray:
@@ -272,7 +274,7 @@ def _fp_type(node: onnx.NodeProto, opset: int, blocked: bool) -> tuple[tuple, in
     refusing a format without an ONNX type or an opset below its own (blocked
     scales: 21)."""
     a = _attrs(node)
-    special = a["special"].decode() if isinstance(a["special"], bytes) else a["special"]
+    special = a["special"]
     key = (a["exp_bits"], a["man_bits"], special)
     if key not in _FP_TYPES:
         raise ValueError(f"{describe(node)}: E{key[0]}M{key[1]} ({special}) has no ONNX type; export takes E4M3FN and "
@@ -374,7 +376,7 @@ def _lower_fp_blocks(g: Graph, node: onnx.NodeProto, opset: int) -> tuple[list[o
     even, saturating)."""
     a = _attrs(node)
     key, ftype, ntype = _fp_type(node, opset, blocked=True)
-    scale_format = a["scale_format"].decode() if isinstance(a["scale_format"], bytes) else a["scale_format"]
+    scale_format = a["scale_format"]
     _check_input_type(g, node)
     bs, top = a["block_size"], fp_max(*key)
     op_shape = _shape(g, node.input[0])
